@@ -6,11 +6,13 @@ import (
 )
 
 // delivery is one message from Redis on its way to the sockets of a user, or
-// to every socket when broadcast is set.
+// to every socket when broadcast is set; resync marks the point from which the
+// user's sockets must be re-read from history.
 type delivery struct {
 	user      string
-	payload   []byte
+	frame     frame
 	broadcast bool
+	resync    bool
 }
 
 // dispatcher keeps the Redis read loop free of socket work: each message goes

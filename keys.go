@@ -2,6 +2,7 @@ package wsnotify
 
 import (
 	"fmt"
+	"strconv"
 	"strings"
 )
 
@@ -38,11 +39,15 @@ func validateType(t string) error {
 	return nil
 }
 
-// keyspace names the Redis channels of one deployment. Every name carries the
-// hash tag {0}, so that one user's channel and keys share a Redis Cluster slot.
+// keyspace names the Redis keys and channels of one deployment. Every name
+// carries the hash tag {0}, so that one user's channel and keys share a Redis
+// Cluster slot and the notify script stays cluster-safe.
 //
-//	<prefix>:{0}:user:<user key>   one channel per user
-//	<prefix>:{0}:broadcast         every node subscribes
+//	<prefix>:{0}:user:<user key>              one channel per user
+//	<prefix>:{0}:history:<user key>           the user's history stream
+//	<prefix>:{0}:idem:<len(user)>:<user>:<k>  an idempotency key's first result
+//	<prefix>:{0}:broadcast                    every node subscribes
+//	<prefix>:{0}:probe:<node id>              one node's liveness probe
 type keyspace struct {
 	prefix     string
 	userPrefix string // everything before the user key in a user channel
@@ -57,7 +62,17 @@ func newKeyspace(prefix string) (keyspace, error) {
 
 func (k keyspace) userChannel(user string) string { return k.userPrefix + user }
 
+func (k keyspace) historyKey(user string) string { return k.prefix + ":{0}:history:" + user }
+
+// idempotencyKey length-prefixes the user so that no (user, key) pair can
+// spell another pair's name.
+func (k keyspace) idempotencyKey(user, key string) string {
+	return k.prefix + ":{0}:idem:" + strconv.Itoa(len(user)) + ":" + user + ":" + key
+}
+
 func (k keyspace) broadcastChannel() string { return k.prefix + ":{0}:broadcast" }
+
+func (k keyspace) probeChannel(node string) string { return k.prefix + ":{0}:probe:" + node }
 
 // userOf returns the user key of a user channel, or false for any other channel.
 func (k keyspace) userOf(channel string) (string, bool) {

@@ -21,11 +21,16 @@ type config struct {
 	prefix             string
 	maxMessageSize     int64
 	maxSessionsPerUser int
-	sessionBuffer      int
+	queueMsgs          int
+	queueBytes         int64
+	history            bool
+	historyLen         int64
+	historyAge         time.Duration
+	idempotencyTTL     time.Duration
 	unsubscribeGrace   time.Duration
 	publishTimeout     time.Duration
 	subscribeWait      time.Duration
-	pingInterval       time.Duration
+	probeInterval      time.Duration
 	workers            int
 	defaultType        string
 	logger             *slog.Logger
@@ -38,11 +43,16 @@ func defaultConfig() config {
 	return config{
 		prefix:           "wsnotify",
 		maxMessageSize:   64 << 10,
-		sessionBuffer:    256,
+		queueMsgs:        256,
+		queueBytes:       1 << 20,
+		history:          true,
+		historyLen:       1000,
+		historyAge:       24 * time.Hour,
+		idempotencyTTL:   24 * time.Hour,
 		unsubscribeGrace: 5 * time.Second,
 		publishTimeout:   5 * time.Second,
 		subscribeWait:    3 * time.Second,
-		pingInterval:     15 * time.Second,
+		probeInterval:    15 * time.Second,
 		workers:          8,
 		defaultType:      DefaultType,
 		logger:           slog.Default(),
@@ -73,10 +83,29 @@ func WithMaxMessageSize(n int64) Option { return func(c *config) { c.maxMessageS
 // (default 0: no cap). Upgrades past the cap get 429.
 func WithMaxSessionsPerUser(n int) Option { return func(c *config) { c.maxSessionsPerUser = n } }
 
-// WithSessionBuffer sets how many outbound messages may wait for one slow
-// socket (default 256). A socket whose queue is full is closed with
-// CloseSlowConsumer rather than silently losing a message.
-func WithSessionBuffer(n int) Option { return func(c *config) { c.sessionBuffer = n } }
+// WithSessionQueue bounds what may wait for one slow socket: msgs frames and
+// bytes bytes (defaults 256 and 1 MiB). A socket over either bound is closed
+// with CloseSlowConsumer rather than silently losing a message; its client
+// resumes from history when it reconnects.
+func WithSessionQueue(msgs int, bytes int64) Option {
+	return func(c *config) { c.queueMsgs, c.queueBytes = msgs, bytes }
+}
+
+// WithHistory sets how much of each user's history Redis keeps for resuming
+// clients: at least the last maxLen notifications (Redis trims in whole
+// nodes, so a few more may stay) that are younger than maxAge (defaults 1000
+// and 24h). A user's history expires maxAge after their last notification.
+func WithHistory(maxLen int, maxAge time.Duration) Option {
+	return func(c *config) { c.history, c.historyLen, c.historyAge = true, int64(maxLen), maxAge }
+}
+
+// WithoutHistory turns history off: Notify is a plain PUBLISH and delivery is
+// at most once. Clients that resume get a truncated frame.
+func WithoutHistory() Option { return func(c *config) { c.history = false } }
+
+// WithIdempotencyTTL sets how long Notify remembers an idempotency key
+// (default 24h).
+func WithIdempotencyTTL(d time.Duration) Option { return func(c *config) { c.idempotencyTTL = d } }
 
 // WithUnsubscribeGrace sets how long a node stays subscribed to a user after
 // the user's last local socket closes (default 5s), so a reloading tab does
@@ -87,13 +116,15 @@ func WithUnsubscribeGrace(d time.Duration) Option { return func(c *config) { c.u
 func WithPublishTimeout(d time.Duration) Option { return func(c *config) { c.publishTimeout = d } }
 
 // WithSubscribeWait bounds how long an upgrade waits for Redis to confirm the
-// user's subscription (default 3s). Past it the socket is accepted anyway and
-// the subscription completes when Redis answers.
+// user's subscription (default 3s). Past it the upgrade is refused with 503,
+// since the node could not promise to deliver.
 func WithSubscribeWait(d time.Duration) Option { return func(c *config) { c.subscribeWait = d } }
 
-// WithPingInterval sets how long the pub/sub link may stay silent before the
-// hub pings Redis to prove it alive (default 15s).
-func WithPingInterval(d time.Duration) Option { return func(c *config) { c.pingInterval = d } }
+// WithProbeInterval sets how long the pub/sub link may stay silent before the
+// node publishes a probe to itself (default 15s). When the probe has not come
+// back after another interval, the link is replaced and every local user is
+// resynced from history.
+func WithProbeInterval(d time.Duration) Option { return func(c *config) { c.probeInterval = d } }
 
 // WithWorkers sets how many goroutines hand messages from Redis to sockets
 // (default 8). A user is always served by the same worker, which keeps that
@@ -123,8 +154,14 @@ func OnMessage(fn func(s *Session, msg []byte)) Option { return func(c *config) 
 type NotifyOption func(*notifyConfig)
 
 type notifyConfig struct {
-	typ string
+	typ     string
+	idemKey string
 }
 
 // WithType sets the envelope's type, an event name the client switches on.
 func WithType(t string) NotifyOption { return func(n *notifyConfig) { n.typ = t } }
+
+// WithIdempotencyKey makes Notify idempotent under key (an order id, say):
+// within the idempotency TTL, a later Notify with the same user and key
+// publishes nothing and returns the first call's Result with Duplicate set.
+func WithIdempotencyKey(key string) NotifyOption { return func(n *notifyConfig) { n.idemKey = key } }

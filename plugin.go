@@ -2,6 +2,8 @@
 // WebSocket from any node of a cluster. Each node keeps its own sockets
 // (melody under a Gin route) and subscribes in Redis only to the users it
 // holds, so a notification reaches exactly the nodes that hold its user.
+// Every notification is also kept in the user's history, so a client that
+// reconnects, to any node, resumes where it left off.
 package wsnotify
 
 import (
@@ -33,6 +35,8 @@ type Hub struct {
 	sessions *sessionIndex
 	broker   adapter
 	workers  *dispatcher
+	resyncs  *resyncer
+	counters counters
 
 	nodeID string
 	seq    atomic.Uint64
@@ -42,7 +46,7 @@ type Hub struct {
 	mu       sync.Mutex
 	closing  bool
 	upgrades sync.WaitGroup
-	closed   chan struct{}
+	replays  sync.WaitGroup
 }
 
 // New creates a hub on rdb, which may be any redis.UniversalClient but a
@@ -76,12 +80,22 @@ func New(rdb redis.UniversalClient, opts ...Option) (*Hub, error) {
 		ownRDB:   own,
 		sessions: newSessionIndex(),
 		nodeID:   randomNodeID(),
-		closed:   make(chan struct{}),
 	}
 	h.melody = h.newMelody()
 	h.workers = newDispatcher(cfg.workers, 1024, h.deliver)
-	h.broker = newRedisAdapter(client, &cfg, h.route)
+	h.broker = newRedisAdapter(client, &cfg, keys.probeChannel(h.nodeID), redisEvents{
+		message:      h.route,
+		resubscribed: h.resubscribed,
+	})
+	h.resyncs = newResyncer(h.resync)
 	h.broker.hold(keys.broadcastChannel())
+	if cfg.history {
+		ctx, cancel := context.WithTimeout(context.Background(), cfg.subscribeWait)
+		if err := loadFunction(ctx, client); err != nil {
+			cfg.logger.Warn("wsnotify: could not load the wsnotify Redis Function; FCALL is unavailable to other services", "err", err)
+		}
+		cancel()
+	}
 	return h, nil
 }
 
@@ -91,10 +105,14 @@ func (c *config) validate() error {
 		return errors.New("wsnotify: WithUserKey is required")
 	case c.workers < 1:
 		return errors.New("wsnotify: WithWorkers needs at least 1")
-	case c.sessionBuffer < 1:
-		return errors.New("wsnotify: WithSessionBuffer needs at least 1")
+	case c.queueMsgs < 2 || c.queueBytes < 1:
+		return errors.New("wsnotify: WithSessionQueue needs at least 2 messages and 1 byte")
 	case c.maxMessageSize < 1:
 		return errors.New("wsnotify: WithMaxMessageSize needs at least 1")
+	case c.history && (c.historyLen < 1 || c.historyAge < time.Millisecond):
+		return errors.New("wsnotify: WithHistory needs a length of at least 1 and an age of at least 1ms")
+	case c.probeInterval <= 0 || c.subscribeWait <= 0 || c.publishTimeout <= 0:
+		return errors.New("wsnotify: probe interval, subscribe wait and publish timeout must be positive")
 	}
 	return validateType(c.defaultType)
 }
@@ -137,7 +155,9 @@ func randomNodeID() string {
 func (h *Hub) newMelody() *melody.Melody {
 	m := melody.New()
 	m.Config.MaxMessageSize = h.cfg.maxMessageSize
-	m.Config.MessageBufferSize = h.cfg.sessionBuffer
+	// The hub stops queueing at queueMsgs itself; the spare slots take the
+	// close frames melody queues on shutdown.
+	m.Config.MessageBufferSize = h.cfg.queueMsgs + 2
 	// Origins are checked before the upgrade, where the hub can answer with
 	// a reason; melody's default accepts every origin.
 	m.Upgrader.CheckOrigin = h.originAllowed
@@ -146,6 +166,7 @@ func (h *Hub) newMelody() *melody.Melody {
 	m.HandleMessageBinary(func(ms *melody.Session, _ []byte) {
 		_ = sessionOf(ms).closeWith(websocket.CloseUnsupportedData, "binary frames are not accepted")
 	})
+	m.HandleSentMessage(func(ms *melody.Session, msg []byte) { sessionOf(ms).sent(msg) })
 	m.HandleError(h.onError)
 	return m
 }
@@ -155,22 +176,6 @@ func sessionOf(ms *melody.Session) *Session {
 	return v.(*Session)
 }
 
-func (h *Hub) onConnect(ms *melody.Session) {
-	s := sessionOf(ms)
-	s.ms = ms
-	h.sessions.add(s)
-	// melody registers a session after its handshake, so one that completed
-	// while Close ran may have missed melody's own sweep; Close sweeps the
-	// index after setting closing, so one of the two catches every session.
-	if h.isClosing() {
-		_ = ms.CloseWithMsg(goingAway)
-		return
-	}
-	if h.cfg.onConnect != nil {
-		h.cfg.onConnect(s)
-	}
-}
-
 func (h *Hub) onMessage(ms *melody.Session, msg []byte) {
 	if h.cfg.onMessage != nil {
 		h.cfg.onMessage(sessionOf(ms), msg)
@@ -178,20 +183,29 @@ func (h *Hub) onMessage(ms *melody.Session, msg []byte) {
 }
 
 // onError runs synchronously inside melody, sometimes under its locks: it
-// must only touch the connection itself.
+// must only touch the session itself. The hub's own queue accounting keeps
+// melody's buffer from filling, so this is a last line of defence.
 func (h *Hub) onError(ms *melody.Session, err error) {
 	if errors.Is(err, melody.ErrMessageBufferFull) {
-		h.cfg.logger.Warn("wsnotify: slow consumer disconnected", "user", sessionOf(ms).user)
-		_ = sessionOf(ms).closeWith(CloseSlowConsumer, "slow consumer")
+		s := sessionOf(ms)
+		s.mu.Lock()
+		s.dropSlow()
+		s.mu.Unlock()
 	}
 }
 
 // Handler returns the WebSocket route. Before upgrading it checks the origin
-// (403), the user key (401, or 400 when invalid) and the per-user cap (429),
-// each answered as JSON {"error": "..."}; a closing hub answers 503. The
-// handler then subscribes the node to the user and blocks for the life of
-// the socket: once a client's handshake completes, every notification
-// published for its user reaches it while Redis is up.
+// (403), the user key (401, or 400 when invalid), the since parameter (400)
+// and the per-user cap (429), each answered as JSON {"error": "..."}. When
+// Redis cannot confirm the user's subscription in time it answers 503, and a
+// closing hub answers 503 too.
+//
+// A client may pass since=<id>, the id of the last notification it saw: it
+// then receives everything after that id from history before live
+// notifications, with no gap and no duplicate. Without since, it receives
+// every notification published after its upgrade request arrived.
+//
+// The handler blocks for the life of the socket.
 func (h *Hub) Handler() gin.HandlerFunc {
 	return func(c *gin.Context) {
 		if !h.beginUpgrade() {
@@ -212,61 +226,69 @@ func (h *Hub) Handler() gin.HandlerFunc {
 			abortJSON(c, http.StatusBadRequest, err.Error())
 			return
 		}
+		var since streamID
+		if v := c.Query("since"); v != "" {
+			var ok bool
+			if since, ok = parseStreamID(v); !ok {
+				abortJSON(c, http.StatusBadRequest, "since must be a notification id such as 1700000000000-0")
+				return
+			}
+		}
 		if !websocket.IsWebSocketUpgrade(c.Request) {
 			abortJSON(c, http.StatusBadRequest, "websocket upgrade required")
 			return
 		}
-		if !h.sessions.reserve(user, h.cfg.maxSessionsPerUser) {
+		s := newSession(user, queueLimit{int64(h.cfg.queueMsgs), h.cfg.queueBytes}, &h.counters.slowConsumers)
+		if !h.sessions.add(s, h.cfg.maxSessionsPerUser) {
 			abortJSON(c, http.StatusTooManyRequests, "too many sessions for this user")
 			return
 		}
-		h.serve(c, user)
+		defer h.sessions.remove(s)
+		h.serve(c, s, since)
 	}
 }
 
-func (h *Hub) serve(c *gin.Context, user string) {
-	channel := h.keys.userChannel(user)
-	defer h.broker.release(channel)
-	if err := h.waitSubscribed(c.Request.Context(), h.broker.hold(channel)); err != nil {
-		if c.Request.Context().Err() != nil {
-			h.sessions.unreserve(user)
-			return // the client went away while we waited
+// serve subscribes, settles where the socket's history starts, and runs the
+// socket. The session is indexed and holding before the subscription, so no
+// live frame can slip between the history read and the first live write.
+func (h *Hub) serve(c *gin.Context, s *Session, since streamID) {
+	ctx, cancel := context.WithTimeout(c.Request.Context(), h.cfg.subscribeWait)
+	defer cancel()
+	start := resumePoint{id: since, fromClient: !since.isZero()}
+	if h.cfg.history && since.isZero() {
+		last, err := h.broker.lastID(ctx, h.keys.historyKey(s.user))
+		if err != nil {
+			abortJSON(c, http.StatusServiceUnavailable, "redis unavailable: "+err.Error())
+			return
 		}
-		h.cfg.logger.Warn("wsnotify: upgrading before redis confirmed the subscription", "user", user, "err", err)
+		start.id = last
+	}
+	s.setLast(start.id)
+
+	channel := h.keys.userChannel(s.user)
+	defer h.broker.release(channel)
+	select {
+	case <-h.broker.hold(channel):
+	case <-ctx.Done():
+		abortJSON(c, http.StatusServiceUnavailable, "redis did not confirm the subscription in time")
+		return
 	}
 
-	s := &Session{user: user}
-	keys := make(map[string]any, len(c.Keys)+1)
+	keys := make(map[string]any, len(c.Keys)+2)
 	for k, v := range c.Keys {
 		if name, ok := k.(string); ok {
 			keys[name] = v
 		}
 	}
 	keys[sessionKey] = s
+	keys[resumeKey] = start
 	err := h.melody.HandleRequestWithKeys(c.Writer, c.Request, keys)
-	if s.ms == nil {
-		h.sessions.unreserve(user) // the upgrade failed; gorilla answered the client
-	} else {
-		h.sessions.remove(s)
-		if h.cfg.onDisconnect != nil {
-			h.cfg.onDisconnect(s)
-		}
+	close(s.ended)
+	if s.ms != nil && h.cfg.onDisconnect != nil {
+		h.cfg.onDisconnect(s)
 	}
 	if errors.Is(err, melody.ErrClosed) {
 		abortJSON(c, http.StatusServiceUnavailable, "server is shutting down")
-	}
-}
-
-func (h *Hub) waitSubscribed(ctx context.Context, ready <-chan struct{}) error {
-	t := time.NewTimer(h.cfg.subscribeWait)
-	defer t.Stop()
-	select {
-	case <-ready:
-		return nil
-	case <-t.C:
-		return errors.New("no confirmation from redis yet")
-	case <-ctx.Done():
-		return ctx.Err()
 	}
 }
 
@@ -306,72 +328,116 @@ func (h *Hub) originAllowed(r *http.Request) bool {
 	return origin == "http://"+r.Host || origin == "https://"+r.Host
 }
 
-// Notify sends payload to every open socket of user, on every node. payload
-// is encoded with encoding/json once (a json.RawMessage is sent as is).
+// Notify sends payload to every open socket of user, on every node, and keeps
+// it in the user's history (unless the hub runs WithoutHistory). payload is
+// encoded with encoding/json once; a json.RawMessage is sent as is.
 //
-// It returns when Redis has accepted the message; Result.Nodes is the number
-// of nodes that held the user at that moment (0: the user is offline
-// everywhere). Delivery to the socket itself is at most once: a socket that
-// drops at that moment misses the message.
+// It returns when Redis has stored and published the message; Result.Nodes
+// is the number of nodes that held the user at that moment (0: the user is
+// offline everywhere, and will find the message in history on connecting
+// with since). Storing and publishing happen in one atomic script, so the
+// history id is the envelope id and ids grow monotonically per user.
 //
 // Notify fails with ErrInvalidUserKey, ErrInvalidType, ErrInvalidPayload,
 // ErrClosed, or ErrUnavailable when Redis cannot be reached before ctx's
-// deadline (or the publish timeout when ctx has none).
+// deadline (or the publish timeout when ctx has none); then nothing was
+// published and the call may be retried, safely so with WithIdempotencyKey.
 func (h *Hub) Notify(ctx context.Context, user string, payload any, opts ...NotifyOption) (Result, error) {
 	if err := validateUserKey(user); err != nil {
 		return Result{}, err
 	}
-	return h.publish(ctx, h.keys.userChannel(user), payload, opts)
-}
-
-// Broadcast sends payload to every open socket on every node. Result.Nodes
-// counts the nodes that received it.
-func (h *Hub) Broadcast(ctx context.Context, payload any, opts ...NotifyOption) (Result, error) {
-	return h.publish(ctx, h.keys.broadcastChannel(), payload, opts)
-}
-
-// Result tells what a Notify or Broadcast reached.
-type Result struct {
-	// ID is the envelope id the clients receive.
-	ID string
-	// Nodes is how many nodes were subscribed when Redis accepted the
-	// message: for Notify, the nodes that hold the user.
-	Nodes int64
-}
-
-func (h *Hub) publish(ctx context.Context, channel string, payload any, opts []NotifyOption) (Result, error) {
-	if h.isClosing() {
-		return Result{}, ErrClosed
-	}
-	nc := notifyConfig{typ: h.cfg.defaultType}
-	for _, o := range opts {
-		o(&nc)
-	}
-	if err := validateType(nc.typ); err != nil {
-		return Result{}, err
-	}
-	data, err := encodePayload(payload)
+	nc, data, err := h.prepare(payload, opts)
 	if err != nil {
 		return Result{}, err
 	}
+	ctx, cancel := h.withTimeout(ctx)
+	defer cancel()
+	id := h.newMessageID()
+	if !h.cfg.history && nc.idemKey == "" {
+		env := appendEnvelope(make([]byte, 0, len(data)+len(id)+len(nc.typ)+32), id, nc.typ, data)
+		n, err := h.broker.publish(ctx, h.keys.userChannel(user), env)
+		return Result{ID: id, Nodes: n}, err
+	}
+	req := notifyRequest{
+		stream:  h.keys.historyKey(user),
+		channel: h.keys.userChannel(user),
+		typ:     nc.typ,
+		data:    data,
+		maxAge:  h.cfg.historyAge,
+		idemTTL: h.cfg.idempotencyTTL,
+		id:      id,
+	}
+	if h.cfg.history {
+		req.maxLen = h.cfg.historyLen
+	}
+	if nc.idemKey != "" {
+		req.idemKey = h.keys.idempotencyKey(user, nc.idemKey)
+	}
+	res, err := h.broker.notify(ctx, req)
+	if err != nil {
+		return Result{}, err
+	}
+	return Result{ID: res.id, Nodes: res.receivers, Duplicate: res.replayed}, nil
+}
+
+// Broadcast sends payload to every open socket on every node. Broadcasts are
+// not kept in history: delivery is at most once. Result.Nodes counts the
+// nodes that received it.
+func (h *Hub) Broadcast(ctx context.Context, payload any, opts ...NotifyOption) (Result, error) {
+	nc, data, err := h.prepare(payload, opts)
+	if err != nil {
+		return Result{}, err
+	}
+	ctx, cancel := h.withTimeout(ctx)
+	defer cancel()
 	id := h.newMessageID()
 	env := appendEnvelope(make([]byte, 0, len(data)+len(id)+len(nc.typ)+32), id, nc.typ, data)
-
-	if _, ok := ctx.Deadline(); !ok {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, h.cfg.publishTimeout)
-		defer cancel()
-	}
-	n, err := h.broker.publish(ctx, channel, env)
+	n, err := h.broker.publish(ctx, h.keys.broadcastChannel(), env)
 	if err != nil {
 		return Result{}, err
 	}
 	return Result{ID: id, Nodes: n}, nil
 }
 
-// newMessageID is unique across nodes: a random node id and a counter.
+// Result tells what a Notify or Broadcast reached.
+type Result struct {
+	// ID is the envelope id the clients receive: with history, the id of
+	// the message in the user's history.
+	ID string
+	// Nodes is how many nodes were subscribed when Redis accepted the
+	// message: for Notify, the nodes that hold the user.
+	Nodes int64
+	// Duplicate is true when WithIdempotencyKey found an earlier call with
+	// the same key: nothing was published, and ID and Nodes are that call's.
+	Duplicate bool
+}
+
+func (h *Hub) prepare(payload any, opts []NotifyOption) (notifyConfig, []byte, error) {
+	if h.isClosing() {
+		return notifyConfig{}, nil, ErrClosed
+	}
+	nc := notifyConfig{typ: h.cfg.defaultType}
+	for _, o := range opts {
+		o(&nc)
+	}
+	if err := validateType(nc.typ); err != nil {
+		return nc, nil, err
+	}
+	data, err := encodePayload(payload)
+	return nc, data, err
+}
+
+func (h *Hub) withTimeout(ctx context.Context) (context.Context, context.CancelFunc) {
+	if _, ok := ctx.Deadline(); ok {
+		return ctx, func() {}
+	}
+	return context.WithTimeout(ctx, h.cfg.publishTimeout)
+}
+
+// newMessageID is unique across nodes: a random node id and a counter. It
+// names notifications that have no history id.
 func (h *Hub) newMessageID() string {
-	return h.nodeID + "-" + strconv.FormatUint(h.seq.Add(1), 10)
+	return h.nodeID + "-n" + strconv.FormatUint(h.seq.Add(1), 10)
 }
 
 // Online reports whether any node holds a socket of user (or has held one
@@ -385,16 +451,14 @@ func (h *Hub) Online(ctx context.Context, user string) (bool, error) {
 }
 
 // Ready returns nil when the node's pub/sub link is up and Redis answers a
-// PING; otherwise an error wrapping ErrUnavailable (or ErrClosed).
+// PING; otherwise an error wrapping ErrUnavailable (or ErrClosed). Use it for
+// a readiness probe.
 func (h *Hub) Ready(ctx context.Context) error {
 	if h.isClosing() {
 		return ErrClosed
 	}
 	return h.broker.ready(ctx)
 }
-
-// Stats counts this node's open sockets and the users holding them.
-func (h *Hub) Stats() (sessions, users int) { return h.sessions.count() }
 
 func (h *Hub) isClosing() bool {
 	h.mu.Lock()
@@ -405,23 +469,29 @@ func (h *Hub) isClosing() bool {
 // route runs on the Redis read loop: it only queues.
 func (h *Hub) route(channel, payload string) {
 	if user, ok := h.keys.userOf(channel); ok {
-		h.workers.submit(delivery{user: user, payload: []byte(payload)})
+		id, _ := envelopeID(payload)
+		h.workers.submit(delivery{user: user, frame: frame{id: id, payload: []byte(payload)}})
 		return
 	}
 	if channel == h.keys.broadcastChannel() {
-		h.workers.submit(delivery{payload: []byte(payload), broadcast: true})
+		h.workers.submit(delivery{frame: frame{payload: []byte(payload)}, broadcast: true})
 	}
 }
 
 // deliver runs on a dispatcher worker.
 func (h *Hub) deliver(d delivery, scratch []*Session) []*Session {
-	if d.broadcast {
+	switch {
+	case d.broadcast:
 		scratch = h.sessions.appendAll(scratch)
-	} else {
+	default:
 		scratch = h.sessions.appendUser(scratch, d.user)
 	}
-	for _, s := range scratch {
-		_ = s.ms.Write(d.payload) // a closed session is already leaving the index
+	if d.resync {
+		h.startResync(d.user, scratch)
+	} else {
+		for _, s := range scratch {
+			s.offer(d.frame)
+		}
 	}
 	clear(scratch) // let closed sessions be collected
 	return scratch
@@ -443,21 +513,24 @@ func (h *Hub) Close(ctx context.Context) error {
 
 	_ = h.melody.CloseWithMsg(goingAway)
 	for _, s := range h.sessions.appendAll(nil) {
-		_ = s.ms.CloseWithMsg(goingAway)
+		if ms := s.melodySession(); ms != nil {
+			_ = ms.CloseWithMsg(goingAway)
+		}
 	}
-	done := make(chan error, 1)
+	result := make(chan error, 1)
 	go func() {
 		h.upgrades.Wait()
+		h.replays.Wait()
 		err := h.broker.close()
 		h.workers.stop()
+		h.resyncs.stop()
 		if h.ownRDB {
 			err = errors.Join(err, h.rdb.Close())
 		}
-		close(h.closed)
-		done <- err
+		result <- err
 	}()
 	select {
-	case err := <-done:
+	case err := <-result:
 		return err
 	case <-ctx.Done():
 		return fmt.Errorf("wsnotify: close: %w", ctx.Err())

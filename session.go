@@ -3,6 +3,7 @@ package wsnotify
 import (
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/gorilla/websocket"
@@ -12,8 +13,13 @@ import (
 // Close codes the hub sends besides the standard ones (1001 on shutdown,
 // 1003 for a binary frame, 1009 for an oversized frame).
 const (
+	// CloseTryAgainLater (1013) closes a socket whose history could not be
+	// read from Redis; the client should reconnect with its last id.
+	CloseTryAgainLater = 1013
+
 	// CloseSlowConsumer closes a socket whose outbound queue is full: the
-	// client reads too slowly. It should reconnect.
+	// client reads too slowly. Nothing was dropped silently: the client
+	// should reconnect with its last id and resume from history.
 	CloseSlowConsumer = 4008
 )
 
@@ -23,8 +29,40 @@ const sessionKey = "wsnotify.session"
 // Session is one open WebSocket of one user on this node. Its methods are safe
 // for concurrent use.
 type Session struct {
-	user string
-	ms   *melody.Session
+	user  string
+	ms    *melody.Session
+	limit queueLimit
+	slows *atomic.Uint64 // the hub's count of slow consumers
+
+	mu    sync.Mutex
+	holds int           // > 0 while a replay runs: live frames wait in held
+	held  []frame       // live frames that arrived while holding
+	last  streamID      // last history id written to the socket
+	gone  bool          // closing: write nothing more
+	space chan bool     // signalled when the queue drains below half
+	ended chan struct{} // closed when the socket's handler returns
+
+	queuedMsgs  atomic.Int64
+	queuedBytes atomic.Int64
+	slow        atomic.Bool
+}
+
+type queueLimit struct {
+	msgs  int64
+	bytes int64
+}
+
+// newSession starts holding: frames that arrive before the socket is
+// upgraded and its history replayed are kept, not lost.
+func newSession(user string, limit queueLimit, slows *atomic.Uint64) *Session {
+	return &Session{user: user, limit: limit, slows: slows, holds: 1,
+		space: make(chan bool, 1), ended: make(chan struct{})}
+}
+
+func (s *Session) melodySession() *melody.Session {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.ms
 }
 
 // User returns the user key the socket was opened for.
@@ -40,23 +78,189 @@ func (s *Session) Get(key string) (any, bool) { return s.ms.Get(key) }
 // Set stores a value for the life of the socket, for the hooks to share.
 func (s *Session) Set(key string, value any) { s.ms.Set(key, value) }
 
-// Write queues a text frame for this socket alone. It does not block; a full
-// queue closes the socket with CloseSlowConsumer.
-func (s *Session) Write(msg []byte) error { return s.ms.Write(msg) }
+// LastID returns the id of the last notification from history written to
+// this socket ("" before the first).
+func (s *Session) LastID() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.last.isZero() {
+		return ""
+	}
+	return s.last.String()
+}
+
+// Write queues a text frame for this socket alone, outside history. It does
+// not block; a full queue closes the socket with CloseSlowConsumer.
+func (s *Session) Write(msg []byte) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.send(msg)
+	return nil
+}
 
 // Close closes the socket with a normal closure.
 func (s *Session) Close() error {
 	return s.closeWith(websocket.CloseNormalClosure, "")
 }
 
+// offer delivers a live frame: written now, or kept until a replay ends.
+func (s *Session) offer(f frame) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.holds > 0 {
+		if int64(len(s.held)) >= s.limit.msgs {
+			s.dropSlow()
+			return
+		}
+		s.held = append(s.held, f)
+		return
+	}
+	s.write(f)
+}
+
+// hold makes live frames wait until release, so a replay can write the
+// frames of history first.
+func (s *Session) hold() {
+	s.mu.Lock()
+	s.holds++
+	s.mu.Unlock()
+}
+
+// release ends one hold; the last one writes the frames kept meanwhile.
+func (s *Session) release() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.holds--; s.holds > 0 {
+		return
+	}
+	for _, f := range s.held {
+		s.write(f)
+	}
+	clear(s.held)
+	s.held = s.held[:0]
+}
+
+// replayed writes frames read from history; a frame already written is
+// skipped, so replays and live delivery may overlap freely. A session still
+// being upgraded skips them: its first replay, which comes later, covers them.
+func (s *Session) replayed(f frame) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.ms != nil {
+		s.write(f)
+	}
+}
+
+// lastID is where a replay for this socket starts.
+func (s *Session) lastID() streamID {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.last
+}
+
+// setLast sets where history starts for a socket that resumes nothing.
+func (s *Session) setLast(id streamID) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.last = id
+}
+
+// write must be called with s.mu held. Frames with a stream id are written
+// once, in id order; others are written as they come.
+func (s *Session) write(f frame) {
+	if !f.id.isZero() {
+		if !s.last.less(f.id) {
+			return // already written
+		}
+		s.last = f.id
+	}
+	s.send(f.payload)
+}
+
+// send must be called with s.mu held. It keeps its own count of what melody
+// has queued, because melody drops a message on a full queue and reports
+// success; the hub closes the socket instead.
+func (s *Session) send(payload []byte) {
+	if s.gone {
+		return
+	}
+	n := int64(len(payload))
+	if s.queuedMsgs.Load() >= s.limit.msgs || s.queuedBytes.Load()+n > s.limit.bytes {
+		s.dropSlow()
+		return
+	}
+	s.queuedMsgs.Add(1)
+	s.queuedBytes.Add(n)
+	if err := s.ms.Write(payload); err != nil {
+		s.gone = true // closed under us: its disconnect is already on the way
+	}
+}
+
+// sent is called by melody after a queued frame reached the socket.
+func (s *Session) sent(payload []byte) {
+	if s.queuedBytes.Add(-int64(len(payload))); s.queuedMsgs.Add(-1) <= s.limit.msgs/2 {
+		select {
+		case s.space <- true:
+		default:
+		}
+	}
+}
+
+// waitSpace blocks a replay while the queue is more than half full, so a long
+// history paces itself to the client instead of overflowing the queue. It
+// returns false once the socket has ended.
+func (s *Session) waitSpace() bool {
+	for s.queuedMsgs.Load() > s.limit.msgs/2 {
+		select {
+		case <-s.space:
+		case <-s.ended:
+			return false
+		}
+	}
+	return !s.slow.Load()
+}
+
+// attach binds the upgraded connection; a session found slow while it was
+// still being upgraded is closed now.
+func (s *Session) attach(ms *melody.Session) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.ms = ms
+	if s.slow.Load() {
+		s.closeSlow()
+	}
+}
+
+// dropSlow must be called with s.mu held.
+func (s *Session) dropSlow() {
+	s.gone = true
+	if s.slow.Swap(true) {
+		return
+	}
+	s.slows.Add(1)
+	if s.ms != nil {
+		s.closeSlow()
+	}
+}
+
+// closeSlow closes the connection on its own goroutine: the close frame waits
+// behind the full socket, and the caller is a worker that other users'
+// messages are waiting for.
+func (s *Session) closeSlow() {
+	go func() { _ = s.closeWith(CloseSlowConsumer, "slow consumer: reconnect and resume") }()
+}
+
 // closeWith sends a close frame straight on the connection and closes it.
-// It bypasses melody's queue, which is full when a slow consumer is dropped
-// and would otherwise re-enter the error handler; gorilla allows WriteControl
+// It bypasses melody's queue, which may be full; gorilla allows WriteControl
 // and Close from any goroutine.
 func (s *Session) closeWith(code int, reason string) error {
-	conn := s.ms.WebsocketConnection()
+	ms := s.melodySession()
+	if ms == nil {
+		return nil // not upgraded yet: its first replay decides
+	}
+	conn := ms.WebsocketConnection()
 	msg := websocket.FormatCloseMessage(code, reason)
-	_ = conn.WriteControl(websocket.CloseMessage, msg, time.Now().Add(time.Second))
+	_ = conn.WriteControl(websocket.CloseMessage, msg, time.Now().Add(5*time.Second))
 	return conn.Close()
 }
 
@@ -65,50 +269,28 @@ func (s *Session) closeWith(code int, reason string) error {
 type sessionIndex struct {
 	mu     sync.RWMutex
 	byUser map[string]map[*Session]struct{}
-	// reserved counts sockets being upgraded, so the per-user cap holds
-	// while several upgrades of one user race.
-	reserved map[string]int
 }
 
 func newSessionIndex() *sessionIndex {
-	return &sessionIndex{
-		byUser:   make(map[string]map[*Session]struct{}),
-		reserved: make(map[string]int),
-	}
+	return &sessionIndex{byUser: make(map[string]map[*Session]struct{})}
 }
 
-// reserve claims a slot for an upgrade of user; false when the cap is reached.
-func (x *sessionIndex) reserve(user string, limit int) bool {
+// add registers s unless the user already holds limit sessions (0: no cap).
+// Sessions join before their upgrade, so frames for them are kept from the
+// moment the node subscribes.
+func (x *sessionIndex) add(s *Session, limit int) bool {
 	x.mu.Lock()
 	defer x.mu.Unlock()
-	if limit > 0 && len(x.byUser[user])+x.reserved[user] >= limit {
+	set := x.byUser[s.user]
+	if limit > 0 && len(set) >= limit {
 		return false
 	}
-	x.reserved[user]++
-	return true
-}
-
-func (x *sessionIndex) unreserve(user string) {
-	x.mu.Lock()
-	defer x.mu.Unlock()
-	if x.reserved[user]--; x.reserved[user] <= 0 {
-		delete(x.reserved, user)
-	}
-}
-
-// add turns a reservation into a live session.
-func (x *sessionIndex) add(s *Session) {
-	x.mu.Lock()
-	defer x.mu.Unlock()
-	if x.reserved[s.user]--; x.reserved[s.user] <= 0 {
-		delete(x.reserved, s.user)
-	}
-	set := x.byUser[s.user]
 	if set == nil {
 		set = make(map[*Session]struct{})
 		x.byUser[s.user] = set
 	}
 	set[s] = struct{}{}
+	return true
 }
 
 func (x *sessionIndex) remove(s *Session) {
@@ -122,7 +304,7 @@ func (x *sessionIndex) remove(s *Session) {
 }
 
 // appendUser appends user's sessions to dst. Writing happens after the lock is
-// released, so a slow-consumer close never runs under it.
+// released, so no socket work runs under it.
 func (x *sessionIndex) appendUser(dst []*Session, user string) []*Session {
 	x.mu.RLock()
 	defer x.mu.RUnlock()
@@ -143,7 +325,7 @@ func (x *sessionIndex) appendAll(dst []*Session) []*Session {
 	return dst
 }
 
-// count returns the number of live sessions and of users holding them.
+// count returns the number of sessions and of users holding them.
 func (x *sessionIndex) count() (sessions, users int) {
 	x.mu.RLock()
 	defer x.mu.RUnlock()

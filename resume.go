@@ -1,0 +1,220 @@
+package wsnotify
+
+import (
+	"context"
+	"sync"
+	"sync/atomic"
+
+	"github.com/olahol/melody"
+)
+
+// This file holds the no-loss machinery: a socket's first replay from
+// history, and the resync of every local user after the pub/sub link blinked.
+// Both follow one pattern: the session holds live frames, history is written,
+// then the held frames, each frame at most once by its stream id.
+
+// resumeKey is where a melody session keeps its resumePoint until connect.
+const resumeKey = "wsnotify.resume"
+
+// resumePoint is where a socket's history starts. fromClient marks an id the
+// client sent: it must still be in history, or the client missed something.
+type resumePoint struct {
+	id         streamID
+	fromClient bool
+}
+
+// TruncatedType is the envelope type of the frame that tells a resuming
+// client that history no longer holds everything after its id; data is
+// {"since": "<that id>"}. The client should reload its state from the
+// application. Frames of history that remain follow it.
+const TruncatedType = "wsnotify.truncated"
+
+func truncatedFrame(since streamID) []byte {
+	return appendEnvelope(nil, "", TruncatedType, []byte(`{"since":"`+since.String()+`"}`))
+}
+
+func (h *Hub) onConnect(ms *melody.Session) {
+	s := sessionOf(ms)
+	s.attach(ms)
+	// melody registers a session after its handshake, so one that completed
+	// while Close ran may have missed melody's own sweep; Close sweeps the
+	// index after setting closing, so one of the two catches every session.
+	if h.isClosing() {
+		_ = ms.CloseWithMsg(goingAway)
+		return
+	}
+	if h.cfg.onConnect != nil {
+		h.cfg.onConnect(s)
+	}
+	v, _ := ms.Get(resumeKey)
+	ms.UnSet(resumeKey)
+	// The replay runs beside the socket's pumps: melody starts its writer
+	// only after this handler returns, and a long history must be paced by
+	// the writer draining the queue.
+	h.replays.Go(func() { h.replay(s, v.(resumePoint)) })
+}
+
+// replay writes the socket's history from its resume point, then lets live
+// frames through.
+func (h *Hub) replay(s *Session, from resumePoint) {
+	defer s.release()
+	if !h.cfg.history {
+		if from.fromClient {
+			h.counters.truncated.Add(1)
+			_ = s.Write(truncatedFrame(from.id))
+		}
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), h.cfg.publishTimeout)
+	defer cancel()
+	frames, err := h.broker.history(ctx, h.keys.historyKey(s.user), from.id)
+	if err != nil {
+		h.cfg.logger.Warn("wsnotify: history unavailable; asking the client to retry", "user", s.user, "err", err)
+		_ = s.closeWith(CloseTryAgainLater, "history unavailable, reconnect with since")
+		return
+	}
+	if from.fromClient && (len(frames) == 0 || frames[0].id != from.id) {
+		h.counters.truncated.Add(1)
+		_ = s.Write(truncatedFrame(from.id))
+	}
+	for _, f := range frames {
+		if !s.waitSpace() {
+			return
+		}
+		s.replayed(f)
+	}
+}
+
+// resubscribed runs on the read loop when a user's channel is confirmed on a
+// new link. The marker goes through the user's worker, so the sessions start
+// holding before any frame that arrived on the new link is written.
+func (h *Hub) resubscribed(channel string) {
+	if user, ok := h.keys.userOf(channel); ok && h.cfg.history {
+		h.workers.submit(delivery{user: user, resync: true})
+	}
+}
+
+// startResync runs on the user's worker.
+func (h *Hub) startResync(user string, sessions []*Session) {
+	if len(sessions) == 0 {
+		return
+	}
+	job := resyncJob{user: user, sessions: append([]*Session(nil), sessions...)}
+	for _, s := range job.sessions {
+		s.hold()
+	}
+	h.resyncs.add(job)
+}
+
+type resyncJob struct {
+	user     string
+	sessions []*Session // each holding once for this job
+}
+
+// resync reads what the user's sessions may have missed while the link was
+// down and writes it before the frames held meanwhile.
+func (h *Hub) resync(job resyncJob) {
+	h.counters.resyncs.Add(1)
+	from := job.sessions[0].lastID()
+	for _, s := range job.sessions[1:] {
+		if id := s.lastID(); id.less(from) {
+			from = id
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), h.cfg.publishTimeout)
+	defer cancel()
+	frames, err := h.broker.history(ctx, h.keys.historyKey(job.user), from)
+	for _, s := range job.sessions {
+		if err != nil {
+			// The client resumes from its own last id when it reconnects.
+			go func() { _ = s.closeWith(CloseTryAgainLater, "history unavailable, reconnect with since") }()
+		} else {
+			for _, f := range frames {
+				s.replayed(f)
+			}
+		}
+		s.release()
+	}
+}
+
+// resyncer runs resync jobs one at a time, off the workers, from a queue
+// that never blocks the worker that adds to it.
+type resyncer struct {
+	run  func(resyncJob)
+	mu   sync.Mutex
+	jobs []resyncJob
+	kick chan struct{}
+	quit chan struct{}
+	wg   sync.WaitGroup
+}
+
+func newResyncer(run func(resyncJob)) *resyncer {
+	r := &resyncer{run: run, kick: make(chan struct{}, 1), quit: make(chan struct{})}
+	r.wg.Go(r.loop)
+	return r
+}
+
+func (r *resyncer) add(job resyncJob) {
+	r.mu.Lock()
+	r.jobs = append(r.jobs, job)
+	r.mu.Unlock()
+	select {
+	case r.kick <- struct{}{}:
+	default:
+	}
+}
+
+func (r *resyncer) loop() {
+	for {
+		select {
+		case <-r.kick:
+		case <-r.quit:
+			return
+		}
+		for {
+			r.mu.Lock()
+			jobs := r.jobs
+			r.jobs = nil
+			r.mu.Unlock()
+			if len(jobs) == 0 {
+				break
+			}
+			for _, j := range jobs {
+				r.run(j)
+			}
+		}
+	}
+}
+
+func (r *resyncer) stop() {
+	close(r.quit)
+	r.wg.Wait()
+}
+
+// counters are the hub's running totals; Stats reads them.
+type counters struct {
+	slowConsumers atomic.Uint64
+	resyncs       atomic.Uint64
+	truncated     atomic.Uint64
+}
+
+// Stats is a snapshot of one node's state and running totals.
+type Stats struct {
+	Sessions      int    // open sockets on this node
+	Users         int    // users holding them
+	SlowConsumers uint64 // sockets closed with CloseSlowConsumer
+	Resyncs       uint64 // users re-read from history after a link blink
+	Truncated     uint64 // resumes told that history no longer held their id
+}
+
+// Stats returns a snapshot of the node's sockets and counters.
+func (h *Hub) Stats() Stats {
+	sessions, users := h.sessions.count()
+	return Stats{
+		Sessions:      sessions,
+		Users:         users,
+		SlowConsumers: h.counters.slowConsumers.Load(),
+		Resyncs:       h.counters.resyncs.Load(),
+		Truncated:     h.counters.truncated.Load(),
+	}
+}
