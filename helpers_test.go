@@ -30,12 +30,12 @@ type node struct {
 
 // cluster is the nodes of one test, sharing a Redis and a channel prefix.
 type cluster struct {
-	t      *testing.T
+	t      testing.TB
 	addr   string
 	prefix string
 }
 
-func newCluster(t *testing.T) *cluster {
+func newCluster(t testing.TB) *cluster {
 	return &cluster{t: t, addr: redistest.Addr(t), prefix: redistest.Prefix(t)}
 }
 
@@ -72,7 +72,7 @@ func (n *node) close() {
 	_ = n.rdb.Close()
 }
 
-func waitReady(t *testing.T, hub *wsnotify.Hub) {
+func waitReady(t testing.TB, hub *wsnotify.Hub) {
 	t.Helper()
 	redistest.Eventually(t, 10*time.Second, func() bool {
 		return hub.Ready(context.Background()) == nil
@@ -84,7 +84,7 @@ func (n *node) wsURL(user string) string {
 }
 
 // dial opens a socket for user and closes it when the test ends.
-func (n *node) dial(t *testing.T, user string) *websocket.Conn {
+func (n *node) dial(t testing.TB, user string) *websocket.Conn {
 	t.Helper()
 	conn, resp, err := websocket.DefaultDialer.Dial(n.wsURL(user), nil)
 	if err != nil {

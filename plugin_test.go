@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -481,4 +482,29 @@ func TestNewRejectsBadConfig(t *testing.T) {
 	if _, err := wsnotify.New(ring, wsnotify.WithUserKey(queryUser)); err == nil || !strings.Contains(err.Error(), "Ring") {
 		t.Errorf("New with a Ring: %v", err)
 	}
+}
+
+func TestMountServesTheClient(t *testing.T) {
+	cl := newCluster(t)
+	a := cl.node()
+	r := gin.New()
+	a.hub.Mount(r, "/notify/")
+	srv := httptest.NewServer(r)
+	defer srv.Close()
+	resp, err := http.Get(srv.URL + "/notify/client.js")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var body strings.Builder
+	_, _ = io.Copy(&body, resp.Body)
+	if resp.StatusCode != 200 || !strings.HasPrefix(resp.Header.Get("Content-Type"), "text/javascript") ||
+		!strings.Contains(body.String(), "export function connect") {
+		t.Fatalf("client.js: %d %s", resp.StatusCode, resp.Header.Get("Content-Type"))
+	}
+	conn, _, err := websocket.DefaultDialer.Dial("ws"+strings.TrimPrefix(srv.URL, "http")+"/notify?user=olga", nil)
+	if err != nil {
+		t.Fatalf("socket at the mounted path: %v", err)
+	}
+	conn.Close()
 }

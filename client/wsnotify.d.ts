@@ -12,7 +12,7 @@ export interface CloseInfo {
   /** Always true: after close() no "close" event fires. */
   willReconnect: boolean;
   /** Milliseconds until the next attempt. */
-  delay?: number;
+  delay: number;
 }
 
 export interface TruncatedInfo {
@@ -27,10 +27,12 @@ export type UrlSource = string | (() => string | Promise<string>);
 
 /** The part of the WebSocket interface the client uses. */
 export interface WebSocketLike {
-  onopen: ((ev: any) => void) | null;
-  onmessage: ((ev: { data: any }) => void) | null;
-  onerror: ((ev: any) => void) | null;
-  onclose: ((ev: { code: number; reason: string }) => void) | null;
+  onopen: ((ev: any) => any) | null;
+  /** ev.data: the frame's text. */
+  onmessage: ((ev: any) => any) | null;
+  onerror: ((ev: any) => any) | null;
+  /** ev.code and ev.reason are passed on in the "close" event. */
+  onclose: ((ev: any) => any) | null;
   close(code?: number, reason?: string): void;
 }
 
