@@ -156,8 +156,8 @@ func (h *Hub) newMelody() *melody.Melody {
 	m := melody.New()
 	m.Config.MaxMessageSize = h.cfg.maxMessageSize
 	// The hub stops queueing at queueMsgs itself; the spare slots take the
-	// close frames melody queues on shutdown.
-	m.Config.MessageBufferSize = h.cfg.queueMsgs + 2
+	// close frames queued on shutdown (melody's two and the hub's sweep).
+	m.Config.MessageBufferSize = h.cfg.queueMsgs + 4
 	// Origins are checked before the upgrade, where the hub can answer with
 	// a reason; melody's default accepts every origin.
 	m.Upgrader.CheckOrigin = h.originAllowed
@@ -187,10 +187,7 @@ func (h *Hub) onMessage(ms *melody.Session, msg []byte) {
 // melody's buffer from filling, so this is a last line of defence.
 func (h *Hub) onError(ms *melody.Session, err error) {
 	if errors.Is(err, melody.ErrMessageBufferFull) {
-		s := sessionOf(ms)
-		s.mu.Lock()
-		s.dropSlow()
-		s.mu.Unlock()
+		sessionOf(ms).markSlow() // may run under the session's own lock
 	}
 }
 

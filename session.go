@@ -234,11 +234,18 @@ func (s *Session) attach(ms *melody.Session) {
 // dropSlow must be called with s.mu held.
 func (s *Session) dropSlow() {
 	s.gone = true
-	if s.slow.Swap(true) {
-		return
-	}
-	s.slows.Add(1)
 	if s.ms != nil {
+		s.markSlow()
+	} else if !s.slow.Swap(true) {
+		s.slows.Add(1) // attach closes it
+	}
+}
+
+// markSlow closes the socket as a slow consumer, once. It takes no lock, so
+// melody's error handler may call it from inside a write.
+func (s *Session) markSlow() {
+	if !s.slow.Swap(true) {
+		s.slows.Add(1)
 		s.closeSlow()
 	}
 }
