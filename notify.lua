@@ -11,6 +11,7 @@
 -- ARGV[4] history age to keep, in milliseconds
 -- ARGV[5] idempotency TTL, in milliseconds
 -- ARGV[6] id to use when there is no history
+-- ARGV[7] (optional) "1" to publish with SPUBLISH (Redis Cluster, sharded pub/sub)
 -- Returns {id, receivers, replayed}: replayed is 1 when the idempotency key
 -- was seen before and nothing new was published.
 local function wsnotify_notify(keys, args)
@@ -35,7 +36,11 @@ local function wsnotify_notify(keys, args)
     redis.call('PEXPIRE', keys[1], maxage)
   end
   local envelope = '{"id":"' .. id .. '","type":"' .. typ .. '","data":' .. data .. '}'
-  local receivers = redis.call('PUBLISH', keys[2], envelope)
+  local publish = 'PUBLISH'
+  if args[7] == '1' then
+    publish = 'SPUBLISH'
+  end
+  local receivers = redis.call(publish, keys[2], envelope)
   if keys[3] then
     redis.call('SET', keys[3], id .. ' ' .. receivers, 'PX', args[5])
   end

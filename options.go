@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/gin-gonic/gin"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // UserKeyFunc tells which user a WebSocket request belongs to. It runs before
@@ -32,8 +33,10 @@ type config struct {
 	subscribeWait      time.Duration
 	probeInterval      time.Duration
 	workers            int
+	partitions         int // 0: the default for the client
 	defaultType        string
 	logger             *slog.Logger
+	metrics            prometheus.Registerer
 	onConnect          func(*Session)
 	onDisconnect       func(*Session)
 	onMessage          func(*Session, []byte)
@@ -125,6 +128,17 @@ func WithSubscribeWait(d time.Duration) Option { return func(c *config) { c.subs
 // back after another interval, the link is replaced and every local user is
 // resynced from history.
 func WithProbeInterval(d time.Duration) Option { return func(c *config) { c.probeInterval = d } }
+
+// defaultClusterPartitions spreads users over enough slots to balance the
+// masters of a typical cluster, at the cost of one pub/sub connection per
+// partition on each node.
+const defaultClusterPartitions = 16
+
+// WithPartitions sets how many partitions users are spread over on a Redis
+// Cluster, each with its own hash tag and its own sharded pub/sub connection
+// per node (default 16 on a Cluster, 1 otherwise). Every node and every
+// service that notifies must use the same count.
+func WithPartitions(n int) Option { return func(c *config) { c.partitions = n } }
 
 // WithWorkers sets how many goroutines hand messages from Redis to sockets
 // (default 8). A user is always served by the same worker, which keeps that

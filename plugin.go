@@ -65,12 +65,21 @@ func New(rdb redis.UniversalClient, opts ...Option) (*Hub, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
-	keys, err := newKeyspace(cfg.prefix)
+	client, own, err := deadlineAwareClient(rdb)
 	if err != nil {
 		return nil, err
 	}
-	client, own, err := deadlineAwareClient(rdb)
+	if cfg.partitions == 0 {
+		cfg.partitions = 1
+		if _, ok := client.(*redis.ClusterClient); ok {
+			cfg.partitions = defaultClusterPartitions
+		}
+	}
+	keys, err := newKeyspace(cfg.prefix, cfg.partitions)
 	if err != nil {
+		if own {
+			_ = client.Close()
+		}
 		return nil, err
 	}
 	h := &Hub{
@@ -81,11 +90,20 @@ func New(rdb redis.UniversalClient, opts ...Option) (*Hub, error) {
 		sessions: newSessionIndex(),
 		nodeID:   randomNodeID(),
 	}
+	if cfg.metrics != nil {
+		if err := h.registerMetrics(cfg.metrics); err != nil {
+			if own {
+				_ = client.Close()
+			}
+			return nil, fmt.Errorf("wsnotify: metrics: %w", err)
+		}
+	}
 	h.melody = h.newMelody()
 	h.workers = newDispatcher(cfg.workers, 1024, h.deliver)
-	h.broker = newRedisAdapter(client, &cfg, keys.probeChannel(h.nodeID), redisEvents{
+	h.broker = newRedisAdapter(client, &cfg, keys, h.nodeID, redisEvents{
 		message:      h.route,
 		resubscribed: h.resubscribed,
+		linkDown:     func() { h.counters.linkDowns.Add(1) },
 	})
 	h.resyncs = newResyncer(h.resync)
 	h.broker.hold(keys.broadcastChannel())
@@ -235,7 +253,7 @@ func (h *Hub) Handler() gin.HandlerFunc {
 			abortJSON(c, http.StatusBadRequest, "websocket upgrade required")
 			return
 		}
-		s := newSession(user, queueLimit{int64(h.cfg.queueMsgs), h.cfg.queueBytes}, &h.counters.slowConsumers)
+		s := newSession(user, queueLimit{int64(h.cfg.queueMsgs), h.cfg.queueBytes}, &h.counters)
 		if !h.sessions.add(s, h.cfg.maxSessionsPerUser) {
 			abortJSON(c, http.StatusTooManyRequests, "too many sessions for this user")
 			return
@@ -339,7 +357,7 @@ func (h *Hub) originAllowed(r *http.Request) bool {
 // ErrClosed, or ErrUnavailable when Redis cannot be reached before ctx's
 // deadline (or the publish timeout when ctx has none); then nothing was
 // published and the call may be retried, safely so with WithIdempotencyKey.
-func (h *Hub) Notify(ctx context.Context, user string, payload any, opts ...NotifyOption) (Result, error) {
+func (h *Hub) Notify(ctx context.Context, user string, payload any, opts ...NotifyOption) (res Result, err error) {
 	if err := validateUserKey(user); err != nil {
 		return Result{}, err
 	}
@@ -349,11 +367,15 @@ func (h *Hub) Notify(ctx context.Context, user string, payload any, opts ...Noti
 	}
 	ctx, cancel := h.withTimeout(ctx)
 	defer cancel()
+	defer func(start time.Time) { h.counters.observeNotify(start, err) }(time.Now())
 	id := h.newMessageID()
 	if !h.cfg.history && nc.idemKey == "" {
 		env := appendEnvelope(make([]byte, 0, len(data)+len(id)+len(nc.typ)+32), id, nc.typ, data)
 		n, err := h.broker.publish(ctx, h.keys.userChannel(user), env)
-		return Result{ID: id, Nodes: n}, err
+		if err != nil {
+			return Result{}, err
+		}
+		return Result{ID: id, Nodes: n}, nil
 	}
 	req := notifyRequest{
 		stream:  h.keys.historyKey(user),
@@ -370,23 +392,24 @@ func (h *Hub) Notify(ctx context.Context, user string, payload any, opts ...Noti
 	if nc.idemKey != "" {
 		req.idemKey = h.keys.idempotencyKey(user, nc.idemKey)
 	}
-	res, err := h.broker.notify(ctx, req)
+	r, err := h.broker.notify(ctx, req)
 	if err != nil {
 		return Result{}, err
 	}
-	return Result{ID: res.id, Nodes: res.receivers, Duplicate: res.replayed}, nil
+	return Result{ID: r.id, Nodes: r.receivers, Duplicate: r.replayed}, nil
 }
 
 // Broadcast sends payload to every open socket on every node. Broadcasts are
 // not kept in history: delivery is at most once. Result.Nodes counts the
 // nodes that received it.
-func (h *Hub) Broadcast(ctx context.Context, payload any, opts ...NotifyOption) (Result, error) {
+func (h *Hub) Broadcast(ctx context.Context, payload any, opts ...NotifyOption) (res Result, err error) {
 	nc, data, err := h.prepare(payload, opts)
 	if err != nil {
 		return Result{}, err
 	}
 	ctx, cancel := h.withTimeout(ctx)
 	defer cancel()
+	defer func(start time.Time) { h.counters.observeNotify(start, err) }(time.Now())
 	id := h.newMessageID()
 	env := appendEnvelope(make([]byte, 0, len(data)+len(id)+len(nc.typ)+32), id, nc.typ, data)
 	n, err := h.broker.publish(ctx, h.keys.broadcastChannel(), env)

@@ -15,6 +15,7 @@ import (
 
 	"github.com/gin-gonic/gin"
 	"github.com/gorilla/websocket"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/goleak"
 
@@ -507,4 +508,52 @@ func TestMountServesTheClient(t *testing.T) {
 		t.Fatalf("socket at the mounted path: %v", err)
 	}
 	conn.Close()
+}
+
+func TestMetricsCountWhatHappens(t *testing.T) {
+	cl := newCluster(t)
+	reg := prometheus.NewRegistry()
+	a := cl.node(wsnotify.WithMetrics(reg))
+	conn := a.dial(t, "pat")
+	notify(t, a, "pat", 1)
+	readEnvelope(t, conn)
+	if _, err := a.hub.Notify(context.Background(), "", 1); err == nil {
+		t.Fatal("invalid key accepted")
+	}
+
+	got := map[string]float64{}
+	families, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range families {
+		m := f.GetMetric()[0]
+		switch {
+		case m.Counter != nil:
+			got[f.GetName()] = m.Counter.GetValue()
+		case m.Gauge != nil:
+			got[f.GetName()] = m.Gauge.GetValue()
+		case m.Histogram != nil:
+			got[f.GetName()] = float64(m.Histogram.GetSampleCount())
+		}
+	}
+	want := map[string]float64{
+		"wsnotify_sessions":                      1,
+		"wsnotify_users_online":                  1,
+		"wsnotify_notifications_published_total": 1,
+		"wsnotify_notifications_failed_total":    0,
+		"wsnotify_notifications_delivered_total": 1,
+		"wsnotify_notify_duration_seconds":       1,
+	}
+	for name, v := range want {
+		if got[name] != v {
+			t.Errorf("%s = %v, want %v", name, got[name], v)
+		}
+	}
+	// A second hub on the same registry is refused rather than double-counted.
+	rdb := redis.NewClient(&redis.Options{Addr: cl.addr})
+	defer rdb.Close()
+	if _, err := wsnotify.New(rdb, wsnotify.WithUserKey(queryUser), wsnotify.WithMetrics(reg)); err == nil {
+		t.Fatal("a second hub registered the same metrics")
+	}
 }

@@ -61,37 +61,50 @@ type redisEvents struct {
 	// resubscribed reports a channel confirmed again on a new link: what was
 	// published in between reached nobody here and must be read from history.
 	resubscribed func(channel string)
+	// linkDown reports a pub/sub link that went down.
+	linkDown func()
 }
 
-// redisAdapter multiplexes every channel this node needs over one pub/sub
-// connection. Subscribes and unsubscribes are collected and sent in batches by
-// one goroutine; another reads the link and hands messages to the hub.
+// redisAdapter carries the node's subscriptions over one pub/sub link per
+// partition (one link in all on standalone Redis and Sentinel; sharded
+// pub/sub on a Cluster). Subscribes and unsubscribes are collected and sent
+// in batches by one goroutine; each link's own goroutine reads it and hands
+// messages to the hub.
 type redisAdapter struct {
-	rdb    redis.UniversalClient
-	script *redis.Script
-	grace  time.Duration
-	quiet  time.Duration
-	probe  string // a channel only this node subscribes to
-	log    *slog.Logger
-	events redisEvents
+	rdb     redis.UniversalClient
+	cluster *redis.ClusterClient // non-nil: sharded pub/sub (SSUBSCRIBE, SPUBLISH)
+	keys    keyspace
+	script  *redis.Script
+	grace   time.Duration
+	quiet   time.Duration
+	log     *slog.Logger
+	events  redisEvents
+	links   []*link
 
 	mu      sync.Mutex
-	ps      *redis.PubSub
 	subs    map[string]*subscription
 	pending map[string]struct{} // channels whose wanted state may differ from what Redis was told
 	kick    chan struct{}
 
-	linkUp atomic.Bool
 	ctx    context.Context
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 }
 
+// link is the pub/sub connection of one partition.
+type link struct {
+	partition int
+	probe     string        // a channel only this node subscribes to, in this partition
+	ps        *redis.PubSub // guarded by the adapter's mu; nil until the read loop starts
+	up        atomic.Bool
+}
+
 // subscription is this node's interest in one channel.
 type subscription struct {
+	link      *link
 	refs      int
 	grace     *time.Timer   // non-nil while refs is 0 but unsubscribing waits
-	sent      bool          // SUBSCRIBE sent on the current PubSub, no UNSUBSCRIBE since
+	sent      bool          // SUBSCRIBE sent on the link's current PubSub, no UNSUBSCRIBE since
 	confirmed bool          // Redis confirmed it on the current link
 	known     bool          // confirmed on some earlier link
 	ready     chan struct{} // closed when confirmed
@@ -99,26 +112,31 @@ type subscription struct {
 
 func (s *subscription) wanted() bool { return s.refs > 0 || s.grace != nil }
 
-func newRedisAdapter(rdb redis.UniversalClient, cfg *config, probe string, events redisEvents) *redisAdapter {
+func newRedisAdapter(rdb redis.UniversalClient, cfg *config, keys keyspace, node string, events redisEvents) *redisAdapter {
 	ctx, cancel := context.WithCancel(context.Background())
+	cluster, _ := rdb.(*redis.ClusterClient)
 	a := &redisAdapter{
 		rdb:     rdb,
+		cluster: cluster,
+		keys:    keys,
 		script:  redis.NewScript(evalScriptSource()),
 		grace:   cfg.unsubscribeGrace,
 		quiet:   cfg.probeInterval,
-		probe:   probe,
 		log:     cfg.logger,
 		events:  events,
-		ps:      rdb.Subscribe(ctx),
 		subs:    make(map[string]*subscription),
 		pending: make(map[string]struct{}),
 		kick:    make(chan struct{}, 1),
 		ctx:     ctx,
 		cancel:  cancel,
 	}
-	a.hold(probe)
+	for p := range keys.tags {
+		l := &link{partition: p, probe: keys.probeChannel(p, node)}
+		a.links = append(a.links, l)
+		a.hold(l.probe)
+		a.wg.Go(func() { a.readLoop(l) })
+	}
 	a.wg.Go(a.flushLoop)
-	a.wg.Go(a.readLoop)
 	return a
 }
 
@@ -131,8 +149,12 @@ func (a *redisAdapter) notify(ctx context.Context, req notifyRequest) (notifyRes
 	if req.idemKey != "" {
 		keys = append(keys, req.idemKey)
 	}
+	sharded := "0"
+	if a.cluster != nil {
+		sharded = "1"
+	}
 	v, err := a.script.Run(ctx, a.rdb, keys, req.typ, req.data, req.maxLen,
-		req.maxAge.Milliseconds(), req.idemTTL.Milliseconds(), req.id).Slice()
+		req.maxAge.Milliseconds(), req.idemTTL.Milliseconds(), req.id, sharded).Slice()
 	if err != nil {
 		return notifyResult{}, unavailable("notify", err)
 	}
@@ -146,7 +168,13 @@ func (a *redisAdapter) notify(ctx context.Context, req notifyRequest) (notifyRes
 }
 
 func (a *redisAdapter) publish(ctx context.Context, channel string, payload []byte) (int64, error) {
-	n, err := a.rdb.Publish(ctx, channel, payload).Result()
+	var cmd *redis.IntCmd
+	if a.cluster != nil {
+		cmd = a.cluster.SPublish(ctx, channel, payload)
+	} else {
+		cmd = a.rdb.Publish(ctx, channel, payload)
+	}
+	n, err := cmd.Result()
 	if err != nil {
 		return 0, unavailable("publish", err)
 	}
@@ -205,8 +233,19 @@ func (a *redisAdapter) lastID(ctx context.Context, stream string) (streamID, err
 	return id, nil
 }
 
+// receivers asks the master of channel's slot on a Cluster: SHARDNUMSUB
+// counts only the subscribers of the node it runs on.
 func (a *redisAdapter) receivers(ctx context.Context, channel string) (int64, error) {
-	counts, err := a.rdb.PubSubNumSub(ctx, channel).Result()
+	var counts map[string]int64
+	var err error
+	if a.cluster != nil {
+		var master *redis.Client
+		if master, err = a.cluster.MasterForKey(ctx, channel); err == nil {
+			counts, err = master.PubSubShardNumSub(ctx, channel).Result()
+		}
+	} else {
+		counts, err = a.rdb.PubSubNumSub(ctx, channel).Result()
+	}
 	if err != nil {
 		return 0, unavailable("pubsub numsub", err)
 	}
@@ -214,8 +253,10 @@ func (a *redisAdapter) receivers(ctx context.Context, channel string) (int64, er
 }
 
 func (a *redisAdapter) ready(ctx context.Context) error {
-	if !a.linkUp.Load() {
-		return fmt.Errorf("%w: pub/sub link is down", ErrUnavailable)
+	for _, l := range a.links {
+		if !l.up.Load() {
+			return fmt.Errorf("%w: pub/sub link of partition %d is down", ErrUnavailable, l.partition)
+		}
 	}
 	if err := a.rdb.Ping(ctx).Err(); err != nil {
 		return unavailable("ping", err)
@@ -228,7 +269,7 @@ func (a *redisAdapter) hold(channel string) <-chan struct{} {
 	defer a.mu.Unlock()
 	s := a.subs[channel]
 	if s == nil {
-		s = &subscription{ready: make(chan struct{})}
+		s = &subscription{link: a.links[min(a.keys.partitionOf(channel), len(a.links)-1)], ready: make(chan struct{})}
 		a.subs[channel] = s
 	}
 	s.refs++
@@ -277,8 +318,14 @@ func (a *redisAdapter) markPending(channel string) {
 	}
 }
 
+// batch is what one flush tells one link's PubSub.
+type batch struct {
+	ps         *redis.PubSub
+	sub, unsub []string
+}
+
 // flushLoop sends the subscription changes that piled up since the last
-// flush as one SUBSCRIBE and one UNSUBSCRIBE.
+// flush, as one SUBSCRIBE and one UNSUBSCRIBE per link.
 func (a *redisAdapter) flushLoop() {
 	for {
 		select {
@@ -286,112 +333,139 @@ func (a *redisAdapter) flushLoop() {
 		case <-a.ctx.Done():
 			return
 		}
-		ps, sub, unsub := a.takePending()
-		if len(sub) > 0 {
-			// On error go-redis keeps the channels and subscribes them when
-			// the read loop reconnects, so there is nothing to retry here.
-			if err := ps.Subscribe(a.ctx, sub...); err != nil && a.ctx.Err() == nil {
-				a.log.Warn("wsnotify: subscribe deferred until redis is back", "channels", len(sub), "err", err)
-			}
-		}
-		// Never call Unsubscribe with no channels: that unsubscribes all.
-		if len(unsub) > 0 {
-			if err := ps.Unsubscribe(a.ctx, unsub...); err != nil && a.ctx.Err() == nil {
-				a.log.Warn("wsnotify: unsubscribe failed", "channels", len(unsub), "err", err)
-			}
+		for _, b := range a.takePending() {
+			a.send(b)
 		}
 	}
 }
 
-func (a *redisAdapter) takePending() (ps *redis.PubSub, sub, unsub []string) {
+func (a *redisAdapter) send(b *batch) {
+	subscribe, unsubscribe := b.ps.Subscribe, b.ps.Unsubscribe
+	if a.cluster != nil {
+		subscribe, unsubscribe = b.ps.SSubscribe, b.ps.SUnsubscribe
+	}
+	if len(b.sub) > 0 {
+		// On error go-redis keeps the channels and subscribes them when
+		// the read loop reconnects, so there is nothing to retry here.
+		if err := subscribe(a.ctx, b.sub...); err != nil && a.ctx.Err() == nil {
+			a.log.Warn("wsnotify: subscribe deferred until redis is back", "channels", len(b.sub), "err", err)
+		}
+	}
+	// Never call Unsubscribe with no channels: that unsubscribes all.
+	if len(b.unsub) > 0 {
+		if err := unsubscribe(a.ctx, b.unsub...); err != nil && a.ctx.Err() == nil {
+			a.log.Warn("wsnotify: unsubscribe failed", "channels", len(b.unsub), "err", err)
+		}
+	}
+}
+
+// takePending settles each pending channel against what its link's PubSub
+// was told. Channels of a link whose PubSub does not exist yet stay pending;
+// the link kicks a flush when it has one.
+func (a *redisAdapter) takePending() map[*link]*batch {
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	batches := make(map[*link]*batch)
 	for ch := range a.pending {
-		delete(a.pending, ch)
 		s := a.subs[ch]
 		if s == nil {
+			delete(a.pending, ch)
 			continue
+		}
+		if s.link.ps == nil {
+			continue
+		}
+		delete(a.pending, ch)
+		b := batches[s.link]
+		if b == nil {
+			b = &batch{ps: s.link.ps}
+			batches[s.link] = b
 		}
 		switch want := s.wanted(); {
 		case want && !s.sent:
 			s.sent = true
-			sub = append(sub, ch)
+			b.sub = append(b.sub, ch)
 		case !want && s.sent:
 			delete(a.subs, ch)
-			unsub = append(unsub, ch)
+			b.unsub = append(b.unsub, ch)
 		case !want:
 			delete(a.subs, ch)
 		}
 	}
-	return a.ps, sub, unsub
+	return batches
 }
 
-// readLoop owns the receiving side of the link. It never does socket work:
+// readLoop owns the receiving side of one link. It never does socket work:
 // the events only queue. go-redis reconnects and resubscribes on errors, and
 // the confirmations arrive here again. A link that stays quiet is probed by
 // publishing to the node's own channel; if even that does not come back, the
 // link is replaced, since a link can look healthy and receive nothing.
-func (a *redisAdapter) readLoop() {
+func (a *redisAdapter) readLoop(l *link) {
+	ps := a.newPubSub(l)
 	quiet := 0
 	for {
-		ps := a.pubSub()
 		msg, err := ps.ReceiveTimeout(a.ctx, a.quiet)
 		if a.ctx.Err() != nil {
 			return
 		}
 		if err != nil {
 			if !isTimeout(err) {
-				a.linkDown(err)
+				a.linkDown(l, err)
 				a.backoff()
 				continue
 			}
 			if quiet++; quiet == 1 {
-				a.sendProbe()
+				a.sendProbe(l)
 			} else {
-				a.linkDown(errors.New("probe did not come back"))
-				a.restartLink(ps)
+				a.linkDown(l, errors.New("probe did not come back"))
+				old := ps
+				ps = a.newPubSub(l)
+				_ = old.Close()
 				quiet = 0
 			}
 			continue
 		}
 		quiet = 0
-		a.linkUp.Store(true)
+		l.up.Store(true)
 		switch m := msg.(type) {
 		case *redis.Message:
 			a.events.message(m.Channel, m.Payload)
 		case *redis.Subscription:
-			if m.Kind == "subscribe" && a.confirm(m.Channel) {
+			if (m.Kind == "subscribe" || m.Kind == "ssubscribe") && a.confirm(m.Channel) {
 				a.events.resubscribed(m.Channel)
 			}
 		}
 	}
 }
 
-func (a *redisAdapter) pubSub() *redis.PubSub {
+// newPubSub gives l a fresh PubSub and has every channel of l subscribed on
+// it. On a Cluster the PubSub is created with the link's probe channel: its
+// slot is what pins the connection to the partition's master.
+func (a *redisAdapter) newPubSub(l *link) *redis.PubSub {
+	var ps *redis.PubSub
+	if a.cluster != nil {
+		ps = a.cluster.SSubscribe(a.ctx, l.probe)
+	} else {
+		ps = a.rdb.Subscribe(a.ctx, l.probe)
+	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	return a.ps
+	l.ps = ps
+	for ch, s := range a.subs {
+		if s.link == l {
+			s.sent = ch == l.probe
+			a.markPending(ch)
+		}
+	}
+	return ps
 }
 
-func (a *redisAdapter) sendProbe() {
+func (a *redisAdapter) sendProbe(l *link) {
 	ctx, cancel := context.WithTimeout(a.ctx, a.quiet)
 	defer cancel()
-	if err := a.rdb.Publish(ctx, a.probe, "probe").Err(); err != nil && a.ctx.Err() == nil {
-		a.log.Warn("wsnotify: redis probe failed", "err", err)
+	if _, err := a.publish(ctx, l.probe, []byte("probe")); err != nil && a.ctx.Err() == nil {
+		a.log.Warn("wsnotify: redis probe failed", "partition", l.partition, "err", err)
 	}
-}
-
-// restartLink replaces the PubSub: every wanted channel is subscribed again
-// on a fresh connection, and the confirmations trigger a resync.
-func (a *redisAdapter) restartLink(old *redis.PubSub) {
-	a.mu.Lock()
-	a.ps = a.rdb.Subscribe(a.ctx)
-	for ch, s := range a.subs {
-		s.sent = false
-		a.markPending(ch)
-	}
-	a.mu.Unlock()
-	_ = old.Close()
 }
 
 // confirm records Redis's confirmation of channel and reports whether the
@@ -409,16 +483,17 @@ func (a *redisAdapter) confirm(channel string) (again bool) {
 	return again
 }
 
-// linkDown forgets every confirmation: until Redis confirms again on a new
-// link, nothing is known to be delivered.
-func (a *redisAdapter) linkDown(err error) {
-	if a.linkUp.Swap(false) {
-		a.log.Warn("wsnotify: redis pub/sub link down", "err", err)
+// linkDown forgets the link's confirmations: until Redis confirms again on a
+// new connection, nothing is known to be delivered.
+func (a *redisAdapter) linkDown(l *link, err error) {
+	if l.up.Swap(false) {
+		a.events.linkDown()
+		a.log.Warn("wsnotify: redis pub/sub link down", "partition", l.partition, "err", err)
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	for _, s := range a.subs {
-		if s.confirmed {
+		if s.link == l && s.confirmed {
 			s.confirmed = false
 			s.ready = make(chan struct{})
 		}
@@ -434,13 +509,25 @@ func (a *redisAdapter) backoff() {
 	}
 }
 
-// close ends both loops. Closing the pub/sub connection drops every
+// close ends the loops. Closing the pub/sub connections drops every
 // subscription of this node at once.
 func (a *redisAdapter) close() error {
 	a.cancel()
-	err := a.pubSub().Close()
+	a.mu.Lock()
+	var err error
+	for _, l := range a.links {
+		if l.ps != nil {
+			err = errors.Join(err, l.ps.Close())
+		}
+	}
+	a.mu.Unlock()
 	a.wg.Wait()
 	a.mu.Lock()
+	for _, l := range a.links {
+		if l.ps != nil { // a read loop may have made one while closing
+			_ = l.ps.Close()
+		}
+	}
 	for _, s := range a.subs {
 		if s.grace != nil {
 			s.grace.Stop()
@@ -459,6 +546,11 @@ func isTimeout(err error) bool {
 // services can FCALL it. Servers without FUNCTION (before Redis 7, or an
 // embedded stand-in) keep working: the hub itself uses EVALSHA.
 func loadFunction(ctx context.Context, rdb redis.UniversalClient) error {
+	if c, ok := rdb.(*redis.ClusterClient); ok {
+		return c.ForEachMaster(ctx, func(ctx context.Context, m *redis.Client) error {
+			return loadFunction(ctx, m)
+		})
+	}
 	err := rdb.FunctionLoadReplace(ctx, FunctionLibrary()).Err()
 	if err != nil && strings.Contains(strings.ToLower(err.Error()), "unknown command") {
 		return nil

@@ -3,7 +3,6 @@ package wsnotify
 import (
 	"context"
 	"sync"
-	"sync/atomic"
 
 	"github.com/olahol/melody"
 )
@@ -189,32 +188,4 @@ func (r *resyncer) loop() {
 func (r *resyncer) stop() {
 	close(r.quit)
 	r.wg.Wait()
-}
-
-// counters are the hub's running totals; Stats reads them.
-type counters struct {
-	slowConsumers atomic.Uint64
-	resyncs       atomic.Uint64
-	truncated     atomic.Uint64
-}
-
-// Stats is a snapshot of one node's state and running totals.
-type Stats struct {
-	Sessions      int    // open sockets on this node
-	Users         int    // users holding them
-	SlowConsumers uint64 // sockets closed with CloseSlowConsumer
-	Resyncs       uint64 // users re-read from history after a link blink
-	Truncated     uint64 // resumes told that history no longer held their id
-}
-
-// Stats returns a snapshot of the node's sockets and counters.
-func (h *Hub) Stats() Stats {
-	sessions, users := h.sessions.count()
-	return Stats{
-		Sessions:      sessions,
-		Users:         users,
-		SlowConsumers: h.counters.slowConsumers.Load(),
-		Resyncs:       h.counters.resyncs.Load(),
-		Truncated:     h.counters.truncated.Load(),
-	}
 }

@@ -32,7 +32,7 @@ type Session struct {
 	user  string
 	ms    *melody.Session
 	limit queueLimit
-	slows *atomic.Uint64 // the hub's count of slow consumers
+	stats *counters // the hub's running totals
 
 	mu    sync.Mutex
 	holds int           // > 0 while a replay runs: live frames wait in held
@@ -54,8 +54,8 @@ type queueLimit struct {
 
 // newSession starts holding: frames that arrive before the socket is
 // upgraded and its history replayed are kept, not lost.
-func newSession(user string, limit queueLimit, slows *atomic.Uint64) *Session {
-	return &Session{user: user, limit: limit, slows: slows, holds: 1,
+func newSession(user string, limit queueLimit, stats *counters) *Session {
+	return &Session{user: user, limit: limit, stats: stats, holds: 1,
 		space: make(chan bool, 1), ended: make(chan struct{})}
 }
 
@@ -193,7 +193,9 @@ func (s *Session) send(payload []byte) {
 	s.queuedBytes.Add(n)
 	if err := s.ms.Write(payload); err != nil {
 		s.gone = true // closed under us: its disconnect is already on the way
+		return
 	}
+	s.stats.delivered.Add(1)
 }
 
 // sent is called by melody after a queued frame reached the socket.
@@ -237,7 +239,7 @@ func (s *Session) dropSlow() {
 	if s.ms != nil {
 		s.markSlow()
 	} else if !s.slow.Swap(true) {
-		s.slows.Add(1) // attach closes it
+		s.stats.slowConsumers.Add(1) // attach closes it
 	}
 }
 
@@ -245,7 +247,7 @@ func (s *Session) dropSlow() {
 // melody's error handler may call it from inside a write.
 func (s *Session) markSlow() {
 	if !s.slow.Swap(true) {
-		s.slows.Add(1)
+		s.stats.slowConsumers.Add(1)
 		s.closeSlow()
 	}
 }
