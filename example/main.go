@@ -8,7 +8,9 @@
 //
 // Open http://localhost:8080 (node A) as a customer, and pay from the
 // merchant panel: the payment goes through node B and comes back through
-// Redis. To run one node per process on a real Redis instead:
+// Redis. "Go offline", pay, then "Go online": the page resumes from the
+// last id it saw, and so does a reload. To run one node per process on a
+// real Redis instead:
 //
 //	go run ./example -redis 127.0.0.1:6379 -nodes 1 -name A -addr :8080 -peer http://localhost:8081
 //	go run ./example -redis 127.0.0.1:6379 -nodes 1 -name B -addr :8081 -peer http://localhost:8080

@@ -87,7 +87,7 @@ func newNode(opts nodeOptions) (*node, error) {
 	r := n.engine
 	r.Use(gin.Recovery(), hub.Middleware()) // Middleware lets handlers call wsnotify.Notify(c, ...)
 	r.GET("/", n.index)
-	r.GET("/ws", hub.Handler())
+	hub.Mount(r, "/ws") // the socket at /ws, the browser client at /ws/client.js
 	r.GET("/healthz", n.healthz)
 	r.GET("/api/qr", n.qr)
 	r.GET("/api/balance", n.balance)
