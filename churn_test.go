@@ -75,7 +75,7 @@ func TestChurnLeavesNothingBehind(t *testing.T) {
 	redistest.Eventually(t, 10*time.Second, func() bool { return a.hub.Stats().Sessions == 0 },
 		"sessions left: %+v", a.hub.Stats())
 	redistest.Eventually(t, 10*time.Second, func() bool {
-		chans, err := a.rdb.PubSubChannels(context.Background(), cl.prefix+":*:user:*").Result()
+		chans, err := cl.admin().PubSubChannels(context.Background(), cl.prefix+":*:user:*").Result()
 		return err == nil && len(chans) == 0
 	}, "user subscriptions left behind")
 }

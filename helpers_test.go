@@ -25,18 +25,61 @@ func init() { gin.SetMode(gin.TestMode) }
 type node struct {
 	hub *wsnotify.Hub
 	srv *httptest.Server
-	rdb *redis.Client
+	rdb redis.UniversalClient
 }
 
 // cluster is the nodes of one test, sharing a Redis and a channel prefix.
+// With connect set (a Redis Cluster or Sentinel), clients come from it;
+// otherwise they dial addr.
 type cluster struct {
-	t      testing.TB
-	addr   string
-	prefix string
+	t       testing.TB
+	addr    string
+	prefix  string
+	connect func() redis.UniversalClient
+	sharded bool // a Redis Cluster: sharded pub/sub
+	shared  redis.UniversalClient
 }
 
 func newCluster(t testing.TB) *cluster {
 	return &cluster{t: t, addr: redistest.Addr(t), prefix: redistest.Prefix(t)}
+}
+
+// client returns a new client of the cluster's Redis; the caller closes it.
+func (cl *cluster) client() redis.UniversalClient {
+	if cl.connect != nil {
+		return cl.connect()
+	}
+	return redis.NewClient(&redis.Options{Addr: cl.addr})
+}
+
+// admin is a client for the test's own checks, closed when the test ends.
+func (cl *cluster) admin() redis.UniversalClient {
+	if cl.shared == nil {
+		cl.shared = cl.client()
+		cl.t.Cleanup(func() { _ = cl.shared.Close() })
+	}
+	return cl.shared
+}
+
+// subscribers counts the nodes subscribed to channel: PUBSUB NUMSUB, or
+// SHARDNUMSUB on the master of the channel's slot in a Cluster.
+func (cl *cluster) subscribers(channel string) int64 {
+	cl.t.Helper()
+	ctx := context.Background()
+	var counts map[string]int64
+	var err error
+	if c, ok := cl.admin().(*redis.ClusterClient); ok {
+		var master *redis.Client
+		if master, err = c.MasterForKey(ctx, channel); err == nil {
+			counts, err = master.PubSubShardNumSub(ctx, channel).Result()
+		}
+	} else {
+		counts, err = cl.admin().PubSubNumSub(ctx, channel).Result()
+	}
+	if err != nil {
+		cl.t.Fatal(err)
+	}
+	return counts[channel]
 }
 
 func queryUser(c *gin.Context) (string, error) { return c.Query("user"), nil }
@@ -44,7 +87,7 @@ func queryUser(c *gin.Context) (string, error) { return c.Query("user"), nil }
 func (cl *cluster) node(opts ...wsnotify.Option) *node {
 	t := cl.t
 	t.Helper()
-	rdb := redis.NewClient(&redis.Options{Addr: cl.addr})
+	rdb := cl.client()
 	base := []wsnotify.Option{
 		wsnotify.WithPrefix(cl.prefix),
 		wsnotify.WithUserKey(queryUser),
@@ -152,13 +195,4 @@ func notify(t *testing.T, n *node, user string, payload any, opts ...wsnotify.No
 		t.Fatalf("notify %s: %v", user, err)
 	}
 	return res
-}
-
-func numSub(t *testing.T, rdb *redis.Client, channel string) int64 {
-	t.Helper()
-	m, err := rdb.PubSubNumSub(context.Background(), channel).Result()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return m[channel]
 }

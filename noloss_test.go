@@ -114,7 +114,10 @@ func stream(t *testing.T, n *node, user string, count int, every time.Duration, 
 }
 
 func TestResumeOnTheOtherNodeMidStream(t *testing.T) {
-	cl := newCluster(t)
+	testResumeOnTheOtherNodeMidStream(t, newCluster(t))
+}
+
+func testResumeOnTheOtherNodeMidStream(t *testing.T, cl *cluster) {
 	a, b := cl.node(), cl.node()
 	r := &receiver{t: t, user: "alice"}
 	conn := r.dial(a)
@@ -136,7 +139,10 @@ func TestResumeOnTheOtherNodeMidStream(t *testing.T) {
 }
 
 func TestNodeClosedMidStreamLosesNothing(t *testing.T) {
-	cl := newCluster(t)
+	testNodeClosedMidStreamLosesNothing(t, newCluster(t))
+}
+
+func testNodeClosedMidStreamLosesNothing(t *testing.T, cl *cluster) {
 	a, b := cl.node(), cl.node()
 	r := &receiver{t: t, user: "bob"}
 	conn := r.dial(a)
@@ -262,8 +268,9 @@ func TestSlowConsumerIsDisconnectedAndResumes(t *testing.T) {
 	}
 }
 
-func TestIdempotencyKeyPublishesOnce(t *testing.T) {
-	cl := newCluster(t)
+func TestIdempotencyKeyPublishesOnce(t *testing.T) { testIdempotencyKeyPublishesOnce(t, newCluster(t)) }
+
+func testIdempotencyKeyPublishesOnce(t *testing.T, cl *cluster) {
 	a, b := cl.node(), cl.node()
 	conn := a.dial(t, "frank")
 	first := notify(t, b, "frank", "paid", wsnotify.WithIdempotencyKey("order-42"))
@@ -285,7 +292,10 @@ func TestIdempotencyKeyPublishesOnce(t *testing.T) {
 }
 
 func TestResumeFromTrimmedHistoryIsTruncated(t *testing.T) {
-	cl := newCluster(t)
+	testResumeFromTrimmedHistoryIsTruncated(t, newCluster(t))
+}
+
+func testResumeFromTrimmedHistoryIsTruncated(t *testing.T, cl *cluster) {
 	a := cl.node(wsnotify.WithHistory(10, time.Hour))
 	var firstID string
 	for i := range 250 {
@@ -336,7 +346,10 @@ func TestBadSinceIsRefused(t *testing.T) {
 }
 
 func TestOtherLanguagesNotifyWithHistoryThroughFCALL(t *testing.T) {
-	cl := newCluster(t)
+	testOtherLanguagesNotifyWithHistoryThroughFCALL(t, newCluster(t))
+}
+
+func testOtherLanguagesNotifyWithHistoryThroughFCALL(t *testing.T, cl *cluster) {
 	a := cl.node()
 	live := a.dial(t, "kate")
 	notify(t, a, "kate", numbered{0})
@@ -348,12 +361,18 @@ func TestOtherLanguagesNotifyWithHistoryThroughFCALL(t *testing.T) {
 	}, "kate still online after her socket closed")
 
 	// What a Java (or any) service does, with a bare client: one command.
-	bare := redis.NewClient(&redis.Options{Addr: cl.addr})
+	bare := cl.client()
 	defer bare.Close()
-	stream := cl.prefix + ":{0}:history:kate"
-	channel := cl.prefix + ":{0}:user:kate"
+	stream, channel := a.hub.HistoryKeyOf("kate"), a.hub.ChannelOf("kate")
+	if !cl.sharded && (stream != cl.prefix+":{0}:history:kate" || channel != cl.prefix+":{0}:user:kate") {
+		t.Fatalf("names %q, %q differ from the documented ones", stream, channel)
+	}
+	sharded := "0"
+	if cl.sharded {
+		sharded = "1"
+	}
 	v, err := bare.Do(context.Background(), "FCALL", "wsnotify_notify", 2, stream, channel,
-		"payment", `{"n":1}`, 1000, 86400000, 0, "").Slice()
+		"payment", `{"n":1}`, 1000, 86400000, 0, "", sharded).Slice()
 	if err != nil {
 		t.Fatalf("FCALL: %v", err)
 	}
@@ -393,7 +412,10 @@ func TestHistoryOffIsPlainPublish(t *testing.T) {
 }
 
 func TestConcurrentUsersKeepTheirOrder(t *testing.T) {
-	cl := newCluster(t)
+	testConcurrentUsersKeepTheirOrder(t, newCluster(t))
+}
+
+func testConcurrentUsersKeepTheirOrder(t *testing.T, cl *cluster) {
 	a, b := cl.node(), cl.node()
 	const users, each = 20, 50
 	var wg sync.WaitGroup

@@ -591,3 +591,11 @@ func Notify(c *gin.Context, user string, payload any, opts ...NotifyOption) (Res
 	}
 	return h.Notify(c.Request.Context(), user, payload, opts...)
 }
+
+// ChannelOf returns the Redis channel of user, for services that PUBLISH to
+// it directly.
+func (h *Hub) ChannelOf(user string) string { return h.keys.userChannel(user) }
+
+// HistoryKeyOf returns the key of user's history stream, for services that
+// notify through FCALL wsnotify_notify.
+func (h *Hub) HistoryKeyOf(user string) string { return h.keys.historyKey(user) }

@@ -23,8 +23,9 @@ import (
 	"github.com/wsnotify/wsnotify/internal/redistest"
 )
 
-func TestNotifyCrossesNodes(t *testing.T) {
-	cl := newCluster(t)
+func TestNotifyCrossesNodes(t *testing.T) { testNotifyCrossesNodes(t, newCluster(t)) }
+
+func testNotifyCrossesNodes(t *testing.T, cl *cluster) {
 	a, b := cl.node(), cl.node()
 	alice := a.dial(t, "alice")
 
@@ -44,8 +45,9 @@ func TestNotifyCrossesNodes(t *testing.T) {
 	}
 }
 
-func TestNotifyReachesOnlyItsUser(t *testing.T) {
-	cl := newCluster(t)
+func TestNotifyReachesOnlyItsUser(t *testing.T) { testNotifyReachesOnlyItsUser(t, newCluster(t)) }
+
+func testNotifyReachesOnlyItsUser(t *testing.T, cl *cluster) {
 	a, b := cl.node(), cl.node()
 	alice, bob := a.dial(t, "alice"), a.dial(t, "bob")
 
@@ -61,7 +63,10 @@ func TestNotifyReachesOnlyItsUser(t *testing.T) {
 }
 
 func TestDeliveredCountFollowsSessions(t *testing.T) {
-	cl := newCluster(t)
+	testDeliveredCountFollowsSessions(t, newCluster(t))
+}
+
+func testDeliveredCountFollowsSessions(t *testing.T, cl *cluster) {
 	a, b := cl.node(), cl.node()
 	onA, onB := a.dial(t, "alice"), b.dial(t, "alice")
 	tab2 := a.dial(t, "alice") // a second tab on the same node shares its subscription
@@ -75,9 +80,9 @@ func TestDeliveredCountFollowsSessions(t *testing.T) {
 		}
 	}
 
-	channel := cl.prefix + ":{0}:user:alice"
+	channel := a.hub.ChannelOf("alice")
 	_ = onB.Close()
-	redistest.Eventually(t, 5*time.Second, func() bool { return numSub(t, b.rdb, channel) == 1 },
+	redistest.Eventually(t, 5*time.Second, func() bool { return cl.subscribers(channel) == 1 },
 		"node B did not unsubscribe after its last session closed")
 	if res := notify(t, b, "alice", 2); res.Nodes != 1 {
 		t.Fatalf("Nodes = %d, want 1", res.Nodes)
@@ -85,7 +90,7 @@ func TestDeliveredCountFollowsSessions(t *testing.T) {
 
 	_ = onA.Close()
 	_ = tab2.Close()
-	redistest.Eventually(t, 5*time.Second, func() bool { return numSub(t, a.rdb, channel) == 0 },
+	redistest.Eventually(t, 5*time.Second, func() bool { return cl.subscribers(channel) == 0 },
 		"PUBSUB NUMSUB did not return to 0")
 	if res := notify(t, a, "alice", 3); res.Nodes != 0 {
 		t.Fatalf("Nodes = %d, want 0 for an offline user", res.Nodes)
@@ -96,8 +101,9 @@ func TestDeliveredCountFollowsSessions(t *testing.T) {
 	}
 }
 
-func TestOnline(t *testing.T) {
-	cl := newCluster(t)
+func TestOnline(t *testing.T) { testOnline(t, newCluster(t)) }
+
+func testOnline(t *testing.T, cl *cluster) {
 	a, b := cl.node(), cl.node()
 	a.dial(t, "carol")
 	for _, n := range []*node{a, b} {
@@ -130,8 +136,9 @@ func TestRawPublishIsDelivered(t *testing.T) {
 	}
 }
 
-func TestBroadcastReachesEveryNode(t *testing.T) {
-	cl := newCluster(t)
+func TestBroadcastReachesEveryNode(t *testing.T) { testBroadcastReachesEveryNode(t, newCluster(t)) }
+
+func testBroadcastReachesEveryNode(t *testing.T, cl *cluster) {
 	a, b := cl.node(), cl.node()
 	alice, bob := a.dial(t, "alice"), b.dial(t, "bob")
 	res, err := a.hub.Broadcast(context.Background(), "maintenance at 2am", wsnotify.WithType("notice"))
@@ -221,8 +228,9 @@ func TestBadFramesCloseWithTheRightCode(t *testing.T) {
 	}
 }
 
-func TestOddUserKeysStayApart(t *testing.T) {
-	cl := newCluster(t)
+func TestOddUserKeysStayApart(t *testing.T) { testOddUserKeysStayApart(t, newCluster(t)) }
+
+func testOddUserKeysStayApart(t *testing.T, cl *cluster) {
 	a, b := cl.node(), cl.node()
 	users := []string{"*", "a?", "a[bc]", "a:b c", "a", "ü✓", "a*"}
 	conns := map[string]*websocket.Conn{}
@@ -418,9 +426,6 @@ func TestNotifyFailsFastWhenRedisIsUnreachable(t *testing.T) {
 func TestCloseSendsGoingAwayAndLeavesNothingRunning(t *testing.T) {
 	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
 	cl := newCluster(t)
-	probe := redis.NewClient(&redis.Options{Addr: cl.addr})
-	defer probe.Close()
-
 	rdb := redis.NewClient(&redis.Options{Addr: cl.addr})
 	defer rdb.Close()
 	hub, err := wsnotify.New(rdb, wsnotify.WithPrefix(cl.prefix), wsnotify.WithUserKey(queryUser))
@@ -454,7 +459,7 @@ func TestCloseSendsGoingAwayAndLeavesNothingRunning(t *testing.T) {
 			t.Fatalf("socket %d closed with %d, want 1001", i, code)
 		}
 	}
-	if n := numSub(t, probe, cl.prefix+":{0}:user:alice"); n != 0 {
+	if n := cl.subscribers(cl.prefix + ":{0}:user:alice"); n != 0 {
 		t.Fatalf("NUMSUB after Close = %d, want 0", n)
 	}
 	if _, resp, err := websocket.DefaultDialer.Dial(url+"carol", nil); err == nil || resp.StatusCode != http.StatusServiceUnavailable {
