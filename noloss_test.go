@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -65,6 +66,26 @@ func (r *receiver) take(conn *websocket.Conn, want int) int {
 		r.lastID = env.ID
 	}
 	return 0
+}
+
+// takeUntil reads until the sender has finished and every message it sent
+// has arrived. It reads only what was already sent, so it never waits on a
+// message that will not come.
+func (r *receiver) takeUntil(conn *websocket.Conn, finished *atomic.Bool, sent *atomic.Int64) int {
+	for {
+		done := finished.Load() // read before sent: nothing is sent after finishing
+		n := int(sent.Load())
+		if r.next < n {
+			if code := r.take(conn, n); code != 0 {
+				return code
+			}
+			continue
+		}
+		if done {
+			return 0
+		}
+		runtime.Gosched() // nothing sent yet beyond what arrived
+	}
 }
 
 // resumeURL is the socket URL of n for r's user, resuming after r.lastID.

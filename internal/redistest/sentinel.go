@@ -69,7 +69,7 @@ func Sentinel(t testing.TB) *RedisSentinel {
 	sentinel := startNode(t, base, pick, func(port int, dir string) ([]string, error) {
 		conf := filepath.Join(dir, "sentinel.conf")
 		// resolve-hostnames is left at its default (no): all addresses are IPs.
-		body := fmt.Sprintf("port %d\nbind 127.0.0.1\ndir %s\nlogfile %s\n"+
+		body := fmt.Sprintf("port %d\nbind 127.0.0.1\ndir %q\nlogfile %q\n"+
 			"sentinel monitor %s 127.0.0.1 %d 1\n"+
 			"sentinel down-after-milliseconds %[4]s 1000\n"+
 			"sentinel failover-timeout %[4]s 5000\n",
