@@ -267,7 +267,21 @@ func TestPagesAndHealth(t *testing.T) {
 		t.Fatalf("healthz: %v", health)
 	}
 
-	resp, err := http.Get(c.urlA + "/api/qr?user=alice")
+	// A payment shows up in node B's metrics as a published notification.
+	if code, raw, _ := post(t, c.urlB, payJSON("metrics-user", 100, "o-metrics")); code != http.StatusOK {
+		t.Fatalf("payment: %d %s", code, raw)
+	}
+	resp, err := http.Get(c.urlB + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	metrics, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || !bytes.Contains(metrics, []byte("wsnotify_notifications_published_total 1")) {
+		t.Fatalf("metrics: %d\n%s", resp.StatusCode, metrics)
+	}
+
+	resp, err = http.Get(c.urlA + "/api/qr?user=alice")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"github.com/gin-gonic/gin"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/redis/go-redis/v9"
 	"github.com/skip2/go-qrcode"
 
@@ -59,10 +61,13 @@ func newNode(opts nodeOptions) (*node, error) {
 	// Demo only: the user key is whatever the page puts in ?user=, so anyone
 	// can listen as anyone. A real app identifies the socket with a signed,
 	// short-lived ticket (middleware.Tickets) or its own session.
+	// Each node has its own registry: two nodes share this process.
+	metrics := prometheus.NewRegistry()
 	hub, err := wsnotify.New(opts.Redis,
 		wsnotify.WithUserKey(middleware.FromQuery("user")),
 		wsnotify.WithPrefix(opts.Prefix),
 		wsnotify.WithLogger(logger),
+		wsnotify.WithMetrics(metrics),
 	)
 	if err != nil {
 		return nil, err
@@ -89,6 +94,7 @@ func newNode(opts nodeOptions) (*node, error) {
 	r.GET("/", n.index)
 	hub.Mount(r, "/ws") // the socket at /ws, the browser client at /ws/client.js
 	r.GET("/healthz", n.healthz)
+	r.GET("/metrics", gin.WrapH(promhttp.HandlerFor(metrics, promhttp.HandlerOpts{})))
 	r.GET("/api/qr", n.qr)
 	r.GET("/api/balance", n.balance)
 	r.POST("/api/pay", n.cors, n.pay)
