@@ -119,7 +119,13 @@ func (c *benchClient) waitFor(want int, allowLoss bool) (lost int) {
 		_, msg, err := c.conn.ReadMessage()
 		if err == nil {
 			var env wsnotify.Envelope
-			if json.Unmarshal(msg, &env) == nil && env.Type != wsnotify.TruncatedType {
+			if json.Unmarshal(msg, &env) == nil && env.Type == wsnotify.HelloType && c.lastID == "" {
+				var hello struct {
+					LastID string `json:"last_id"`
+				}
+				_ = json.Unmarshal(env.Data, &hello)
+				c.lastID = hello.LastID
+			} else if err == nil && !strings.HasPrefix(env.Type, "wsnotify.") {
 				c.seen[env.ID] = true
 				if strings.Count(env.ID, "-") == 1 && !strings.Contains(env.ID, "-n") {
 					c.lastID = env.ID
@@ -171,5 +177,7 @@ func BenchmarkNotifyLatency(b *testing.B) {
 
 func startBenchNodes(b *testing.B, opts []wsnotify.Option) (a, n *node) {
 	cl := newCluster(b)
-	return cl.node(opts...), cl.node(opts...)
+	a, n = cl.node(opts...), cl.node(opts...)
+	a.history = !strings.HasSuffix(b.Name(), "history=off")
+	return a, n
 }

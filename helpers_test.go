@@ -23,9 +23,10 @@ func init() { gin.SetMode(gin.TestMode) }
 // node is one hub on its own gin engine, HTTP server and Redis client, as a
 // real deployment runs one per process.
 type node struct {
-	hub *wsnotify.Hub
-	srv *httptest.Server
-	rdb redis.UniversalClient
+	hub     *wsnotify.Hub
+	srv     *httptest.Server
+	rdb     redis.UniversalClient
+	history bool // sockets start with a hello frame
 }
 
 // cluster is the nodes of one test, sharing a Redis and a channel prefix.
@@ -101,7 +102,7 @@ func (cl *cluster) node(opts ...wsnotify.Option) *node {
 	r.Use(hub.Middleware())
 	r.GET("/ws", hub.Handler())
 	srv := httptest.NewServer(r)
-	n := &node{hub: hub, srv: srv, rdb: rdb}
+	n := &node{hub: hub, srv: srv, rdb: rdb, history: true}
 	t.Cleanup(n.close)
 	waitReady(t, hub)
 	return n
@@ -134,6 +135,11 @@ func (n *node) dial(t testing.TB, user string) *websocket.Conn {
 		t.Fatalf("dial %s: %v (response %v)", user, err, resp)
 	}
 	t.Cleanup(func() { _ = conn.Close() })
+	if n.history {
+		if env := readEnvelope(t, conn); env.Type != wsnotify.HelloType {
+			t.Fatalf("first frame %+v, want %s", env, wsnotify.HelloType)
+		}
+	}
 	return conn
 }
 
@@ -155,7 +161,7 @@ func (n *node) dialStatus(t *testing.T, user string, header http.Header) (int, s
 	return resp.StatusCode, body.Error
 }
 
-func readEnvelope(t *testing.T, conn *websocket.Conn) wsnotify.Envelope {
+func readEnvelope(t testing.TB, conn *websocket.Conn) wsnotify.Envelope {
 	t.Helper()
 	_ = conn.SetReadDeadline(time.Now().Add(5 * time.Second))
 	typ, msg, err := conn.ReadMessage()

@@ -52,7 +52,19 @@ func (r *receiver) take(conn *websocket.Conn, want int) int {
 		if err := json.Unmarshal(msg, &env); err != nil {
 			r.t.Fatalf("bad frame %q: %v", msg, err)
 		}
-		if env.Type == wsnotify.TruncatedType {
+		switch env.Type {
+		case wsnotify.HelloType:
+			var hello struct {
+				LastID string `json:"last_id"`
+			}
+			_ = json.Unmarshal(env.Data, &hello)
+			if r.lastID == "" {
+				r.lastID = hello.LastID // where to resume before the first notification
+			} else if hello.LastID != r.lastID {
+				r.t.Fatalf("%s: hello names %s, resumed from %s", r.user, hello.LastID, r.lastID)
+			}
+			continue
+		case wsnotify.TruncatedType:
 			r.t.Fatalf("%s: unexpected truncated frame after %d messages", r.user, r.next)
 		}
 		var p numbered
@@ -330,6 +342,9 @@ func testResumeFromTrimmedHistoryIsTruncated(t *testing.T, cl *cluster) {
 		t.Fatal(err)
 	}
 	defer conn.Close()
+	if env := readEnvelope(t, conn); env.Type != wsnotify.HelloType || string(env.Data) != `{"last_id":"`+firstID+`"}` {
+		t.Fatalf("first frame %+v, want a hello naming %s", env, firstID)
+	}
 	env := readEnvelope(t, conn)
 	if env.Type != wsnotify.TruncatedType || string(env.Data) != `{"since":"`+firstID+`"}` {
 		t.Fatalf("first frame %+v, want %s", env, wsnotify.TruncatedType)
@@ -412,6 +427,7 @@ func testOtherLanguagesNotifyWithHistoryThroughFCALL(t *testing.T, cl *cluster) 
 func TestHistoryOffIsPlainPublish(t *testing.T) {
 	cl := newCluster(t)
 	a, b := cl.node(wsnotify.WithoutHistory()), cl.node(wsnotify.WithoutHistory())
+	a.history, b.history = false, false
 	conn := a.dial(t, "leo")
 	res := notify(t, b, "leo", 1)
 	if env := readEnvelope(t, conn); env.ID != res.ID || res.Nodes != 1 {
@@ -455,4 +471,30 @@ func testConcurrentUsersKeepTheirOrder(t *testing.T, cl *cluster) {
 		defer func() { r.take(conn, each) }()
 	}
 	wg.Wait()
+}
+
+func TestClosedBeforeTheFirstNotificationResumes(t *testing.T) {
+	cl := newCluster(t)
+	a, b := cl.node(), cl.node()
+	notify(t, b, "olive", numbered{-1})              // a user with history...
+	for _, user := range []string{"olive", "pete"} { // ...and one without
+		conn, _, err := websocket.DefaultDialer.Dial(a.wsURL(user), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var hello struct {
+			LastID string `json:"last_id"`
+		}
+		env := readEnvelope(t, conn)
+		_ = json.Unmarshal(env.Data, &hello)
+		conn.Close() // closed before any notification: the hello is all it has
+		if env.Type != wsnotify.HelloType || hello.LastID == "" {
+			t.Fatalf("%s: first frame %+v", user, env)
+		}
+		for i := range 3 {
+			notify(t, b, user, numbered{i})
+		}
+		r := &receiver{t: t, user: user, lastID: hello.LastID}
+		r.take(r.dial(b), 3) // fails on a truncated frame or a gap
+	}
 }

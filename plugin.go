@@ -218,7 +218,10 @@ func (h *Hub) onError(ms *melody.Session, err error) {
 // A client may pass since=<id>, the id of the last notification it saw: it
 // then receives everything after that id from history before live
 // notifications, with no gap and no duplicate. Without since, it receives
-// every notification published after its upgrade request arrived.
+// every notification published after its upgrade request arrived. Either way
+// the first frame is a HelloType frame naming the id the socket starts
+// after, so a client that is closed before its first notification can still
+// resume with since.
 //
 // The handler blocks for the life of the socket.
 func (h *Hub) Handler() gin.HandlerFunc {
@@ -241,13 +244,13 @@ func (h *Hub) Handler() gin.HandlerFunc {
 			abortJSON(c, http.StatusBadRequest, err.Error())
 			return
 		}
-		var since streamID
-		if v := c.Query("since"); v != "" {
-			var ok bool
-			if since, ok = parseStreamID(v); !ok {
+		start := resumePoint{}
+		if v, ok := c.GetQuery("since"); ok {
+			if start.id, ok = parseStreamID(v); !ok {
 				abortJSON(c, http.StatusBadRequest, "since must be a notification id such as 1700000000000-0")
 				return
 			}
+			start.fromClient = true
 		}
 		if !websocket.IsWebSocketUpgrade(c.Request) {
 			abortJSON(c, http.StatusBadRequest, "websocket upgrade required")
@@ -259,18 +262,17 @@ func (h *Hub) Handler() gin.HandlerFunc {
 			return
 		}
 		defer h.sessions.remove(s)
-		h.serve(c, s, since)
+		h.serve(c, s, start)
 	}
 }
 
 // serve subscribes, settles where the socket's history starts, and runs the
 // socket. The session is indexed and holding before the subscription, so no
 // live frame can slip between the history read and the first live write.
-func (h *Hub) serve(c *gin.Context, s *Session, since streamID) {
+func (h *Hub) serve(c *gin.Context, s *Session, start resumePoint) {
 	ctx, cancel := context.WithTimeout(c.Request.Context(), h.cfg.subscribeWait)
 	defer cancel()
-	start := resumePoint{id: since, fromClient: !since.isZero()}
-	if h.cfg.history && since.isZero() {
+	if h.cfg.history && !start.fromClient {
 		last, err := h.broker.lastID(ctx, h.keys.historyKey(s.user))
 		if err != nil {
 			abortJSON(c, http.StatusServiceUnavailable, "redis unavailable: "+err.Error())

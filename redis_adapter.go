@@ -28,6 +28,8 @@ type adapter interface {
 	history(ctx context.Context, stream string, start streamID) ([]frame, error)
 	// lastID returns the newest id of stream, or zero when it is empty.
 	lastID(ctx context.Context, stream string) (streamID, error)
+	// trimmed reports whether entries were ever trimmed from stream.
+	trimmed(ctx context.Context, stream string) (bool, error)
 	// hold makes this node subscribed to channel; the returned channel is
 	// closed once Redis confirms it. release undoes one hold after a grace.
 	hold(channel string) <-chan struct{}
@@ -231,6 +233,19 @@ func (a *redisAdapter) lastID(ctx context.Context, stream string) (streamID, err
 	}
 	id, _ := parseStreamID(msgs[0].ID)
 	return id, nil
+}
+
+// trimmed compares the entries ever added to those still held (XINFO STREAM,
+// Redis 7). A stream that is gone held nothing for the whole retention age.
+func (a *redisAdapter) trimmed(ctx context.Context, stream string) (bool, error) {
+	info, err := a.rdb.XInfoStream(ctx, stream).Result()
+	if err != nil {
+		if strings.Contains(err.Error(), "no such key") {
+			return false, nil
+		}
+		return false, unavailable("history", err)
+	}
+	return info.EntriesAdded > info.Length, nil
 }
 
 // receivers asks the master of channel's slot on a Cluster: SHARDNUMSUB

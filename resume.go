@@ -32,6 +32,16 @@ func truncatedFrame(since streamID) []byte {
 	return appendEnvelope(nil, "", TruncatedType, []byte(`{"since":"`+since.String()+`"}`))
 }
 
+// HelloType is the envelope type of the first frame of every socket when
+// history is on; data is {"last_id": "<id>"}, the id the socket's stream
+// starts after ("0-0" when the user had no history). A client that has not
+// yet seen a notification resumes with since=<last_id>.
+const HelloType = "wsnotify.hello"
+
+func helloFrame(last streamID) []byte {
+	return appendEnvelope(nil, "", HelloType, []byte(`{"last_id":"`+last.String()+`"}`))
+}
+
 func (h *Hub) onConnect(ms *melody.Session) {
 	s := sessionOf(ms)
 	s.attach(ms)
@@ -42,15 +52,19 @@ func (h *Hub) onConnect(ms *melody.Session) {
 		_ = ms.CloseWithMsg(goingAway)
 		return
 	}
+	v, _ := ms.Get(resumeKey)
+	ms.UnSet(resumeKey)
+	from := v.(resumePoint)
+	if h.cfg.history {
+		_ = s.Write(helloFrame(from.id))
+	}
 	if h.cfg.onConnect != nil {
 		h.cfg.onConnect(s)
 	}
-	v, _ := ms.Get(resumeKey)
-	ms.UnSet(resumeKey)
 	// The replay runs beside the socket's pumps: melody starts its writer
 	// only after this handler returns, and a long history must be paced by
 	// the writer draining the queue.
-	h.replays.Go(func() { h.replay(s, v.(resumePoint)) })
+	h.replays.Go(func() { h.replay(s, from) })
 }
 
 // replay writes the socket's history from its resume point, then lets live
@@ -72,7 +86,7 @@ func (h *Hub) replay(s *Session, from resumePoint) {
 		_ = s.closeWith(CloseTryAgainLater, "history unavailable, reconnect with since")
 		return
 	}
-	if from.fromClient && (len(frames) == 0 || frames[0].id != from.id) {
+	if from.fromClient && h.missedSome(ctx, s.user, from.id, frames) {
 		h.counters.truncated.Add(1)
 		_ = s.Write(truncatedFrame(from.id))
 	}
@@ -82,6 +96,19 @@ func (h *Hub) replay(s *Session, from resumePoint) {
 		}
 		s.replayed(f)
 	}
+}
+
+// missedSome tells whether history lost entries after since. An id the
+// client saw must still be in history (frames start at it); "0-0", the start
+// of a user who had no history, only needs history never to have been
+// trimmed. Trimming removes the oldest entries first, so either test is exact
+// or errs towards reporting a loss.
+func (h *Hub) missedSome(ctx context.Context, user string, since streamID, frames []frame) bool {
+	if !since.isZero() {
+		return len(frames) == 0 || frames[0].id != since
+	}
+	trimmed, err := h.broker.trimmed(ctx, h.keys.historyKey(user))
+	return err != nil || trimmed
 }
 
 // resubscribed runs on the read loop when a user's channel is confirmed on a

@@ -174,6 +174,7 @@ func (s *Session) write(f frame) {
 		}
 		s.last = f.id
 	}
+	s.stats.delivered.Add(1)
 	s.send(f.payload)
 }
 
@@ -193,9 +194,7 @@ func (s *Session) send(payload []byte) {
 	s.queuedBytes.Add(n)
 	if err := s.ms.Write(payload); err != nil {
 		s.gone = true // closed under us: its disconnect is already on the way
-		return
 	}
-	s.stats.delivered.Add(1)
 }
 
 // sent is called by melody after a queued frame reached the socket.

@@ -16,9 +16,11 @@
  *   `localStorage[storageKey]` when set) before "message" fires. Any other id
  *   is opaque: delivered once, by exact match against the last 1000 opaque
  *   ids, and never becomes lastId (the server only resumes from stream ids).
- * - Types starting with "wsnotify." are control frames: never "message",
- *   never lastId. "wsnotify.truncated" fires "truncated" with `{since}`: the
- *   app must reload its state from its own backend.
+ * - Types starting with "wsnotify." are control frames: never "message".
+ *   "wsnotify.truncated" fires "truncated" with `{since}`: the app must reload
+ *   its state from its own backend. "wsnotify.hello", the first frame of a
+ *   socket, names the id its stream starts after: it becomes lastId when none
+ *   is known yet, so a socket closed before its first notification resumes.
  * - Every close, whatever its code (1000, 1001, 1003, 1009, 1013, 4008, or
  *   1006 for a refused upgrade), schedules a reconnect after a delay drawn
  *   uniformly from [0, min(maxDelay, minDelay * 2^n)], n counting attempts.
@@ -31,6 +33,7 @@
 const STREAM_ID = /^(\d+)-(\d+)$/;
 const CONTROL_PREFIX = "wsnotify.";
 const TRUNCATED = "wsnotify.truncated";
+const HELLO = "wsnotify.hello";
 const RECENT_LIMIT = 1000;
 const STABLE_MS = 5000;
 
@@ -155,16 +158,22 @@ export function connect(url, options = {}) {
     attempt = 0;
     if (env.type.startsWith(CONTROL_PREFIX)) {
       if (env.type === TRUNCATED) emit("truncated", { since: env.data?.since });
+      // A socket closed before its first notification resumes from here.
+      if (env.type === HELLO && lastId === undefined && parseId(env.data?.last_id)) remember(env.data.last_id);
       return;
     }
     if (accept(env.id)) emit("message", { id: env.id, type: env.type, data: env.data });
   }
 
+  function remember(id) {
+    lastId = id;
+    if (storageKey) try { storage()?.setItem(storageKey, id); } catch { /* quota or privacy mode */ }
+  }
+
   function accept(id) {
     if (parseId(id)) {
       if (lastId !== undefined && compareIds(id, lastId) <= 0) return false;
-      lastId = id;
-      if (storageKey) try { storage()?.setItem(storageKey, id); } catch { /* quota or privacy mode */ }
+      remember(id);
       return true;
     }
     if (typeof id !== "string" || id === "") return true; // nothing to dedupe by

@@ -149,6 +149,24 @@ test("a truncated frame fires truncated, not message, and keeps lastId", async (
   assert.deepEqual(h.messages(), ["6-0"]);
 });
 
+test("hello sets lastId only when none is known, so a socket closed before any message resumes", async () => {
+  const h = harness("ws://h/ws?ticket=t");
+  await tick();
+  h.last.open();
+  h.last.send({ id: "", type: "wsnotify.hello", data: { last_id: "0-0" } });
+  assert.equal(h.conn.lastId, "0-0");
+  assert.deepEqual(h.messages(), []);
+  h.last.drop(4008);
+  await h.reconnect();
+  assert.equal(h.last.url, "ws://h/ws?ticket=t&since=0-0");
+  h.last.open();
+  h.last.send({ id: "", type: "wsnotify.hello", data: { last_id: "0-0" } });
+  h.last.send(env("7-0"));
+  h.last.send({ id: "", type: "wsnotify.hello", data: { last_id: "1-0" } }); // an older start never moves lastId back
+  assert.equal(h.conn.lastId, "7-0");
+  assert.deepEqual(h.messages(), ["7-0"]);
+});
+
 test("backoff grows exponentially with jitter and resets after a message", async () => {
   const draws = [];
   let r = 0.5;

@@ -81,6 +81,12 @@ func connect(t *testing.T, baseURL string, n *node, user string) *websocket.Conn
 		t.Fatalf("dial %s: %v", u, err)
 	}
 	t.Cleanup(func() { _ = conn.Close() })
+	// Every socket starts with a hello naming where its stream starts.
+	_ = conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	var hello wsnotify.Envelope
+	if err := conn.ReadJSON(&hello); err != nil || hello.Type != wsnotify.HelloType {
+		t.Fatalf("first frame %+v, %v; want %s", hello, err, wsnotify.HelloType)
+	}
 	redistest.Eventually(t, 5*time.Second, func() bool {
 		ok, err := n.hub.Online(context.Background(), user)
 		return err == nil && ok
