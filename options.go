@@ -46,7 +46,7 @@ func defaultConfig() config {
 	return config{
 		prefix:           "wsnotify",
 		maxMessageSize:   64 << 10,
-		queueMsgs:        256,
+		queueMsgs:        64,
 		queueBytes:       1 << 20,
 		history:          true,
 		historyLen:       1000,
@@ -87,7 +87,8 @@ func WithMaxMessageSize(n int64) Option { return func(c *config) { c.maxMessageS
 func WithMaxSessionsPerUser(n int) Option { return func(c *config) { c.maxSessionsPerUser = n } }
 
 // WithSessionQueue bounds what may wait for one slow socket: msgs frames and
-// bytes bytes (defaults 256 and 1 MiB). A socket over either bound is closed
+// bytes bytes (defaults 64 and 1 MiB; each queued frame slot costs 40 bytes
+// per socket, allocated up front). A socket over either bound is closed
 // with CloseSlowConsumer rather than silently losing a message; its client
 // resumes from history when it reconnects.
 func WithSessionQueue(msgs int, bytes int64) Option {

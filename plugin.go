@@ -179,6 +179,12 @@ func (h *Hub) newMelody() *melody.Melody {
 	// Origins are checked before the upgrade, where the hub can answer with
 	// a reason; melody's default accepts every origin.
 	m.Upgrader.CheckOrigin = h.originAllowed
+	// Zero sizes make gorilla reuse the HTTP server's buffers of the hijacked
+	// connection. net/http keeps those alive while the handler runs, which
+	// is the socket's whole life under melody, so buffers of our own would
+	// only add to them.
+	m.Upgrader.ReadBufferSize = 0
+	m.Upgrader.WriteBufferSize = 0
 	m.HandleConnect(h.onConnect)
 	m.HandleMessage(h.onMessage)
 	m.HandleMessageBinary(func(ms *melody.Session, _ []byte) {
@@ -270,26 +276,11 @@ func (h *Hub) Handler() gin.HandlerFunc {
 // socket. The session is indexed and holding before the subscription, so no
 // live frame can slip between the history read and the first live write.
 func (h *Hub) serve(c *gin.Context, s *Session, start resumePoint) {
-	ctx, cancel := context.WithTimeout(c.Request.Context(), h.cfg.subscribeWait)
-	defer cancel()
-	if h.cfg.history && !start.fromClient {
-		last, err := h.broker.lastID(ctx, h.keys.historyKey(s.user))
-		if err != nil {
-			abortJSON(c, http.StatusServiceUnavailable, "redis unavailable: "+err.Error())
-			return
-		}
-		start.id = last
-	}
-	s.setLast(start.id)
-
 	channel := h.keys.userChannel(s.user)
-	defer h.broker.release(channel)
-	select {
-	case <-h.broker.hold(channel):
-	case <-ctx.Done():
-		abortJSON(c, http.StatusServiceUnavailable, "redis did not confirm the subscription in time")
+	if !h.settle(c, s, &start, channel) {
 		return
 	}
+	defer h.broker.release(channel)
 
 	keys := make(map[string]any, len(c.Keys)+2)
 	for k, v := range c.Keys {
@@ -306,6 +297,33 @@ func (h *Hub) serve(c *gin.Context, s *Session, start resumePoint) {
 	}
 	if errors.Is(err, melody.ErrClosed) {
 		abortJSON(c, http.StatusServiceUnavailable, "server is shutting down")
+	}
+}
+
+// settle reads where a socket without since starts (before subscribing, so
+// that everything published after the request arrived is either in history
+// or held live) and subscribes the node to the user. On failure it has
+// answered 503 and undone the subscription. Its deadline ends here, so an
+// open socket keeps no timer.
+func (h *Hub) settle(c *gin.Context, s *Session, start *resumePoint, channel string) bool {
+	ctx, cancel := context.WithTimeout(c.Request.Context(), h.cfg.subscribeWait)
+	defer cancel()
+	if h.cfg.history && !start.fromClient {
+		last, err := h.broker.lastID(ctx, h.keys.historyKey(s.user))
+		if err != nil {
+			abortJSON(c, http.StatusServiceUnavailable, "redis unavailable: "+err.Error())
+			return false
+		}
+		start.id = last
+	}
+	s.setLast(start.id)
+	select {
+	case <-h.broker.hold(channel):
+		return true
+	case <-ctx.Done():
+		h.broker.release(channel)
+		abortJSON(c, http.StatusServiceUnavailable, "redis did not confirm the subscription in time")
+		return false
 	}
 }
 

@@ -90,6 +90,11 @@ func (h *Hub) replay(s *Session, from resumePoint) {
 		h.counters.truncated.Add(1)
 		_ = s.Write(truncatedFrame(from.id))
 	}
+	replayPaced(s, frames)
+}
+
+// replayPaced writes frames from history no faster than the client reads.
+func replayPaced(s *Session, frames []frame) {
 	for _, f := range frames {
 		if !s.waitSpace() {
 			return
@@ -155,16 +160,18 @@ func (h *Hub) resync(job resyncJob) {
 			// The client resumes from its own last id when it reconnects.
 			go func() { _ = s.closeWith(CloseTryAgainLater, "history unavailable, reconnect with since") }()
 		} else {
-			for _, f := range frames {
-				s.replayed(f)
-			}
+			replayPaced(s, frames)
 		}
 		s.release()
 	}
 }
 
-// resyncer runs resync jobs one at a time, off the workers, from a queue
-// that never blocks the worker that adds to it.
+// resyncWorkers bounds the resyncs in flight: each paces its writes to its
+// clients, so one slow client must not hold up the others.
+const resyncWorkers = 4
+
+// resyncer runs resync jobs off the dispatcher's workers, from a queue that
+// never blocks the worker that adds to it.
 type resyncer struct {
 	run  func(resyncJob)
 	mu   sync.Mutex
@@ -175,8 +182,10 @@ type resyncer struct {
 }
 
 func newResyncer(run func(resyncJob)) *resyncer {
-	r := &resyncer{run: run, kick: make(chan struct{}, 1), quit: make(chan struct{})}
-	r.wg.Go(r.loop)
+	r := &resyncer{run: run, kick: make(chan struct{}, resyncWorkers), quit: make(chan struct{})}
+	for range resyncWorkers {
+		r.wg.Go(r.loop)
+	}
 	return r
 }
 
@@ -190,6 +199,17 @@ func (r *resyncer) add(job resyncJob) {
 	}
 }
 
+func (r *resyncer) next() (resyncJob, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if len(r.jobs) == 0 {
+		return resyncJob{}, false
+	}
+	j := r.jobs[0]
+	r.jobs = r.jobs[1:]
+	return j, true
+}
+
 func (r *resyncer) loop() {
 	for {
 		select {
@@ -197,17 +217,8 @@ func (r *resyncer) loop() {
 		case <-r.quit:
 			return
 		}
-		for {
-			r.mu.Lock()
-			jobs := r.jobs
-			r.jobs = nil
-			r.mu.Unlock()
-			if len(jobs) == 0 {
-				break
-			}
-			for _, j := range jobs {
-				r.run(j)
-			}
+		for j, ok := r.next(); ok; j, ok = r.next() {
+			r.run(j)
 		}
 	}
 }

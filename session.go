@@ -34,13 +34,14 @@ type Session struct {
 	limit queueLimit
 	stats *counters // the hub's running totals
 
-	mu    sync.Mutex
-	holds int           // > 0 while a replay runs: live frames wait in held
-	held  []frame       // live frames that arrived while holding
-	last  streamID      // last history id written to the socket
-	gone  bool          // closing: write nothing more
-	space chan bool     // signalled when the queue drains below half
-	ended chan struct{} // closed when the socket's handler returns
+	mu        sync.Mutex
+	holds     int     // > 0 while a replay runs: live frames wait in held
+	held      []frame // live frames that arrived while holding
+	heldBytes int64
+	last      streamID      // last history id written to the socket
+	gone      bool          // closing: write nothing more
+	space     chan bool     // signalled when the queue drains below half
+	ended     chan struct{} // closed when the socket's handler returns
 
 	queuedMsgs  atomic.Int64
 	queuedBytes atomic.Int64
@@ -108,11 +109,14 @@ func (s *Session) offer(f frame) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.holds > 0 {
-		if int64(len(s.held)) >= s.limit.msgs {
+		// Held frames wait in memory, not in the socket's queue: the byte
+		// bound alone applies, so a replay of a busy user fits.
+		if s.heldBytes+int64(len(f.payload)) > s.limit.bytes {
 			s.dropSlow()
 			return
 		}
 		s.held = append(s.held, f)
+		s.heldBytes += int64(len(f.payload))
 		return
 	}
 	s.write(f)
@@ -126,18 +130,34 @@ func (s *Session) hold() {
 	s.mu.Unlock()
 }
 
-// release ends one hold; the last one writes the frames kept meanwhile.
+// release ends one hold. The last one writes the frames kept meanwhile,
+// paced like a replay, and lets live frames through once none is left.
 func (s *Session) release() {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.holds--; s.holds > 0 {
-		return
+	for {
+		s.mu.Lock()
+		if s.holds > 1 || len(s.held) == 0 {
+			s.holds--
+			s.mu.Unlock()
+			return
+		}
+		n := min(len(s.held), int(max(s.limit.msgs/2, 1)))
+		for _, f := range s.held[:n] {
+			s.heldBytes -= int64(len(f.payload))
+			s.write(f)
+		}
+		rest := copy(s.held, s.held[n:])
+		clear(s.held[rest:])
+		s.held = s.held[:rest]
+		s.mu.Unlock()
+		if !s.waitSpace() {
+			s.mu.Lock()
+			s.holds-- // the socket is closing: what is held goes nowhere
+			clear(s.held)
+			s.held, s.heldBytes = s.held[:0], 0
+			s.mu.Unlock()
+			return
+		}
 	}
-	for _, f := range s.held {
-		s.write(f)
-	}
-	clear(s.held)
-	s.held = s.held[:0]
 }
 
 // replayed writes frames read from history; a frame already written is
@@ -207,14 +227,27 @@ func (s *Session) sent(payload []byte) {
 	}
 }
 
+// replayStall is how long a replay waits for a client to read before it
+// closes the socket as a slow consumer.
+const replayStall = 10 * time.Second
+
 // waitSpace blocks a replay while the queue is more than half full, so a long
 // history paces itself to the client instead of overflowing the queue. It
-// returns false once the socket has ended.
+// returns false once the socket has ended, or has read nothing for
+// replayStall (then it is closed as a slow consumer).
 func (s *Session) waitSpace() bool {
-	for s.queuedMsgs.Load() > s.limit.msgs/2 {
+	var stall *time.Timer
+	for s.queuedMsgs.Load() > s.limit.msgs/2 && !s.slow.Load() {
+		if stall == nil {
+			stall = time.NewTimer(replayStall)
+			defer stall.Stop()
+		}
 		select {
 		case <-s.space:
 		case <-s.ended:
+			return false
+		case <-stall.C:
+			s.markSlow()
 			return false
 		}
 	}

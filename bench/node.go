@@ -259,8 +259,9 @@ type rawConn struct {
 
 func newRawServer() *rawServer {
 	return &rawServer{
-		// The same buffer sizes as the hub's upgrader (melody's defaults).
-		upgrader: websocket.Upgrader{ReadBufferSize: 1024, WriteBufferSize: 1024},
+		// Plain gorilla: the zero Upgrader reuses the HTTP server's 4 KiB
+		// read and write buffers of the hijacked connection.
+		upgrader: websocket.Upgrader{},
 		byUser:   make(map[string]map[*rawConn]struct{}),
 	}
 }
