@@ -498,3 +498,25 @@ func TestClosedBeforeTheFirstNotificationResumes(t *testing.T) {
 		r.take(r.dial(b), 3) // fails on a truncated frame or a gap
 	}
 }
+
+func TestNotifySurvivesAScriptFlush(t *testing.T) {
+	srv := redistest.Server(t) // its own Redis: SCRIPT FLUSH is server-wide
+	cl := &cluster{t: t, addr: srv.Addr, prefix: redistest.Prefix(t)}
+	a := cl.node()
+	conn := a.dial(t, "quinn")
+	notify(t, a, "quinn", 1)
+	if err := cl.admin().ScriptFlush(context.Background()).Err(); err != nil {
+		t.Fatal(err)
+	}
+	// Redis forgot the script (as after a restart or a failover): the hub
+	// loads it again and the notification goes through.
+	res := notify(t, a, "quinn", 2)
+	for _, want := range []string{"1", "2"} {
+		if env := readEnvelope(t, conn); string(env.Data) != want {
+			t.Fatalf("got %s, want %s", env.Data, want)
+		}
+	}
+	if res.Nodes != 1 {
+		t.Fatalf("Nodes = %d", res.Nodes)
+	}
+}

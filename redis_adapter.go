@@ -77,6 +77,7 @@ type redisAdapter struct {
 	cluster *redis.ClusterClient // non-nil: sharded pub/sub (SSUBSCRIBE, SPUBLISH)
 	keys    keyspace
 	script  *redis.Script
+	batch   *batcher
 	grace   time.Duration
 	quiet   time.Duration
 	log     *slog.Logger
@@ -117,11 +118,13 @@ func (s *subscription) wanted() bool { return s.refs > 0 || s.grace != nil }
 func newRedisAdapter(rdb redis.UniversalClient, cfg *config, keys keyspace, node string, events redisEvents) *redisAdapter {
 	ctx, cancel := context.WithCancel(context.Background())
 	cluster, _ := rdb.(*redis.ClusterClient)
+	script := redis.NewScript(evalScriptSource())
 	a := &redisAdapter{
 		rdb:     rdb,
 		cluster: cluster,
 		keys:    keys,
-		script:  redis.NewScript(evalScriptSource()),
+		script:  script,
+		batch:   newBatcher(rdb, script, cfg.publishTimeout),
 		grace:   cfg.unsubscribeGrace,
 		quiet:   cfg.probeInterval,
 		log:     cfg.logger,
@@ -155,8 +158,17 @@ func (a *redisAdapter) notify(ctx context.Context, req notifyRequest) (notifyRes
 	if a.cluster != nil {
 		sharded = "1"
 	}
-	v, err := a.script.Run(ctx, a.rdb, keys, req.typ, req.data, req.maxLen,
-		req.maxAge.Milliseconds(), req.idemTTL.Milliseconds(), req.id, sharded).Slice()
+	args := make([]any, 0, 3+len(keys)+7)
+	args = append(args, "evalsha", a.script.Hash(), len(keys))
+	for _, k := range keys {
+		args = append(args, k)
+	}
+	args = append(args, req.typ, req.data, req.maxLen, req.maxAge.Milliseconds(), req.idemTTL.Milliseconds(), req.id, sharded)
+	cmd := redis.NewCmd(ctx, args...)
+	if err := a.batch.do(ctx, cmd); err != nil {
+		return notifyResult{}, unavailable("notify", err)
+	}
+	v, err := cmd.Slice()
 	if err != nil {
 		return notifyResult{}, unavailable("notify", err)
 	}
@@ -170,17 +182,15 @@ func (a *redisAdapter) notify(ctx context.Context, req notifyRequest) (notifyRes
 }
 
 func (a *redisAdapter) publish(ctx context.Context, channel string, payload []byte) (int64, error) {
-	var cmd *redis.IntCmd
+	publish := "publish"
 	if a.cluster != nil {
-		cmd = a.cluster.SPublish(ctx, channel, payload)
-	} else {
-		cmd = a.rdb.Publish(ctx, channel, payload)
+		publish = "spublish"
 	}
-	n, err := cmd.Result()
-	if err != nil {
+	cmd := redis.NewIntCmd(ctx, publish, channel, payload)
+	if err := a.batch.do(ctx, cmd); err != nil {
 		return 0, unavailable("publish", err)
 	}
-	return n, nil
+	return cmd.Val(), nil
 }
 
 const historyPage = 256
@@ -528,6 +538,7 @@ func (a *redisAdapter) backoff() {
 // subscription of this node at once.
 func (a *redisAdapter) close() error {
 	a.cancel()
+	a.batch.stop()
 	a.mu.Lock()
 	var err error
 	for _, l := range a.links {
