@@ -1,9 +1,15 @@
 package wsnotify
 
 import (
+	"context"
 	_ "embed"
+	"log/slog"
 	"strconv"
 	"strings"
+	"sync"
+	"time"
+
+	"github.com/redis/go-redis/v9"
 )
 
 // notifyLua is the body of the script that stores and publishes a
@@ -19,6 +25,54 @@ var notifyLua string
 // themselves, for example when the hub's Redis user may not run FUNCTION.
 func FunctionLibrary() string {
 	return "#!lua name=wsnotify\n" + notifyLua + "\nredis.register_function('wsnotify_notify', wsnotify_notify)\n"
+}
+
+// functionLoader loads FunctionLibrary whenever a pub/sub link comes up, so
+// that FCALL works for other services after a Redis restart or failover too.
+// It runs on its own goroutine: New must not wait for Redis.
+type functionLoader struct {
+	rdb     redis.UniversalClient
+	timeout time.Duration
+	log     *slog.Logger
+	kicks   chan struct{}
+	quit    chan struct{}
+	wg      sync.WaitGroup
+}
+
+func newFunctionLoader(rdb redis.UniversalClient, enabled bool, timeout time.Duration, log *slog.Logger) *functionLoader {
+	f := &functionLoader{rdb: rdb, timeout: timeout, log: log, kicks: make(chan struct{}, 1), quit: make(chan struct{})}
+	if enabled {
+		f.wg.Go(f.loop)
+	}
+	return f
+}
+
+// kick asks for a load; it never blocks (it runs on a read loop).
+func (f *functionLoader) kick() {
+	select {
+	case f.kicks <- struct{}{}:
+	default:
+	}
+}
+
+func (f *functionLoader) loop() {
+	for {
+		select {
+		case <-f.kicks:
+		case <-f.quit:
+			return
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), f.timeout)
+		if err := loadFunction(ctx, f.rdb); err != nil {
+			f.log.Warn("wsnotify: could not load the wsnotify Redis Function; FCALL is unavailable to other services", "err", err)
+		}
+		cancel()
+	}
+}
+
+func (f *functionLoader) stop() {
+	close(f.quit)
+	f.wg.Wait()
 }
 
 func evalScriptSource() string {

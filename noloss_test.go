@@ -407,6 +407,9 @@ func testOtherLanguagesNotifyWithHistoryThroughFCALL(t *testing.T, cl *cluster) 
 	if cl.sharded {
 		sharded = "1"
 	}
+	// The hub loads the function in the background once its link is up.
+	redistest.Eventually(t, 5*time.Second, func() bool { return functionLoaded(cl, stream) },
+		"the wsnotify function is not loaded")
 	v, err := bare.Do(context.Background(), "FCALL", "wsnotify_notify", 2, stream, channel,
 		"payment", `{"n":1}`, 1000, 86400000, 0, "", sharded).Slice()
 	if err != nil {
@@ -519,4 +522,20 @@ func TestNotifySurvivesAScriptFlush(t *testing.T) {
 	if res.Nodes != 1 {
 		t.Fatalf("Nodes = %d", res.Nodes)
 	}
+}
+
+// functionLoaded tells whether the Redis that holds key has the wsnotify
+// function library.
+func functionLoaded(cl *cluster, key string) bool {
+	ctx := context.Background()
+	var c redis.UniversalClient = cl.admin()
+	if cc, ok := c.(*redis.ClusterClient); ok {
+		m, err := cc.MasterForKey(ctx, key)
+		if err != nil {
+			return false
+		}
+		c = m
+	}
+	libs, err := c.FunctionList(ctx, redis.FunctionListQuery{LibraryNamePattern: "wsnotify"}).Result()
+	return err == nil && len(libs) == 1
 }

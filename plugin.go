@@ -38,6 +38,8 @@ type Hub struct {
 	resyncs  *resyncer
 	counters counters
 
+	functions *functionLoader
+
 	nodeID string
 	seq    atomic.Uint64
 
@@ -100,20 +102,15 @@ func New(rdb redis.UniversalClient, opts ...Option) (*Hub, error) {
 	}
 	h.melody = h.newMelody()
 	h.workers = newDispatcher(cfg.workers, 1024, h.deliver)
+	h.functions = newFunctionLoader(client, cfg.history, cfg.subscribeWait, cfg.logger)
 	h.broker = newRedisAdapter(client, &cfg, keys, h.nodeID, redisEvents{
 		message:      h.route,
 		resubscribed: h.resubscribed,
 		linkDown:     func() { h.counters.linkDowns.Add(1) },
+		linkUp:       h.functions.kick,
 	})
 	h.resyncs = newResyncer(h.resync)
 	h.broker.hold(keys.broadcastChannel())
-	if cfg.history {
-		ctx, cancel := context.WithTimeout(context.Background(), cfg.subscribeWait)
-		if err := loadFunction(ctx, client); err != nil {
-			cfg.logger.Warn("wsnotify: could not load the wsnotify Redis Function; FCALL is unavailable to other services", "err", err)
-		}
-		cancel()
-	}
 	return h, nil
 }
 
@@ -564,6 +561,7 @@ func (h *Hub) Close(ctx context.Context) error {
 		err := h.broker.close()
 		h.workers.stop()
 		h.resyncs.stop()
+		h.functions.stop()
 		if h.ownRDB {
 			err = errors.Join(err, h.rdb.Close())
 		}

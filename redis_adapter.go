@@ -63,8 +63,10 @@ type redisEvents struct {
 	// resubscribed reports a channel confirmed again on a new link: what was
 	// published in between reached nobody here and must be read from history.
 	resubscribed func(channel string)
-	// linkDown reports a pub/sub link that went down.
+	// linkDown and linkUp report a pub/sub link that went down, or came up
+	// (the first time, or again).
 	linkDown func()
+	linkUp   func()
 }
 
 // redisAdapter carries the node's subscriptions over one pub/sub link per
@@ -451,7 +453,9 @@ func (a *redisAdapter) readLoop(l *link) {
 			continue
 		}
 		quiet = 0
-		l.up.Store(true)
+		if !l.up.Swap(true) {
+			a.events.linkUp()
+		}
 		switch m := msg.(type) {
 		case *redis.Message:
 			a.events.message(m.Channel, m.Payload)
