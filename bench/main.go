@@ -44,6 +44,9 @@
 // (medians, each wsnotify row followed by its ratio to raw) go to stdout.
 // Rough wall time of the full sizes: s1 ~2 min, s2 ~1 min, s3 ~1 min, s4 ~7 min.
 //
+// WSNOTIFY_BENCH_PROFILE_DIR=DIR makes every wsnotify node write a CPU profile
+// of its life to DIR/node-PID.cpu (go tool pprof DIR/node-PID.cpu).
+//
 // s3 needs about clients+1024 file descriptors in the parent and in the node;
 // the program raises RLIMIT_NOFILE itself and says so if it cannot.
 package main

@@ -30,8 +30,10 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
+	"path/filepath"
 	"runtime"
 	"runtime/debug"
+	"runtime/pprof"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -117,6 +119,19 @@ func nodeMain(args []string) error {
 	}
 	if err := raiseNoFile(f.nofile); err != nil {
 		return err
+	}
+	if dir := os.Getenv("WSNOTIFY_BENCH_PROFILE_DIR"); dir != "" {
+		// A CPU profile of the node's whole life, for finding where a
+		// scenario's time goes: go tool pprof DIR/node-PID.cpu
+		out, err := os.Create(filepath.Join(dir, fmt.Sprintf("node-%d.cpu", os.Getpid())))
+		if err != nil {
+			return err
+		}
+		defer out.Close()
+		if err := pprof.StartCPUProfile(out); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
 	}
 	level := slog.LevelError
 	if f.verbose {
