@@ -25,7 +25,8 @@ var (
 	ErrNoHub = errors.New("wsnotify: no hub in the gin context; add r.Use(hub.Middleware())")
 
 	// ErrUnavailable wraps a failure to reach Redis (refused, timed out,
-	// deadline exceeded). Nothing was published: the caller may retry or fall
-	// back.
+	// deadline exceeded). Redis did not confirm the call: a notification cut
+	// off by a timeout may or may not have been stored. Retry it with
+	// WithIdempotencyKey, or fall back.
 	ErrUnavailable = errors.New("wsnotify: redis unavailable")
 )

@@ -370,10 +370,14 @@ func (h *Hub) originAllowed(r *http.Request) bool {
 // with since). Storing and publishing happen in one atomic script, so the
 // history id is the envelope id and ids grow monotonically per user.
 //
+// Concurrent calls share round trips: whatever is waiting goes to Redis as
+// one pipeline. Notify blocks until Redis answers or ctx (or, when ctx has
+// no deadline, the publish timeout) ends.
+//
 // Notify fails with ErrInvalidUserKey, ErrInvalidType, ErrInvalidPayload,
-// ErrClosed, or ErrUnavailable when Redis cannot be reached before ctx's
-// deadline (or the publish timeout when ctx has none); then nothing was
-// published and the call may be retried, safely so with WithIdempotencyKey.
+// ErrClosed, or ErrUnavailable when Redis did not confirm the notification
+// in time; a notification cut off by a timeout may or may not have been
+// stored, so retry it with WithIdempotencyKey.
 func (h *Hub) Notify(ctx context.Context, user string, payload any, opts ...NotifyOption) (res Result, err error) {
 	if err := validateUserKey(user); err != nil {
 		return Result{}, err

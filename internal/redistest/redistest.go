@@ -1,6 +1,7 @@
 // Package redistest gives each test a Redis to talk to: the one named by
 // REDIS_ADDR, else a redis-server from PATH started for the test, else an
-// embedded miniredis. With WSNOTIFY_REQUIRE_REDIS=1 the embedded fallback is
+// embedded miniredis (WSNOTIFY_EMBEDDED_REDIS=1 picks it even when
+// redis-server is there, to test that fallback). With WSNOTIFY_REQUIRE_REDIS=1 the embedded fallback is
 // refused and the test fails, so CI cannot pass without a real Redis.
 package redistest
 
@@ -29,7 +30,7 @@ func Addr(t testing.TB) string {
 		waitPing(t, addr)
 		return addr
 	}
-	if _, err := exec.LookPath("redis-server"); err == nil {
+	if !Embedded() {
 		return Server(t).Addr
 	}
 	if os.Getenv("WSNOTIFY_REQUIRE_REDIS") == "1" {
@@ -37,6 +38,15 @@ func Addr(t testing.TB) string {
 	}
 	t.Log("no real Redis: using embedded miniredis")
 	return miniredis.RunT(t).Addr()
+}
+
+// Embedded reports whether Addr falls back to the embedded miniredis.
+func Embedded() bool {
+	if os.Getenv("REDIS_ADDR") != "" {
+		return false
+	}
+	_, err := exec.LookPath("redis-server")
+	return err != nil || os.Getenv("WSNOTIFY_EMBEDDED_REDIS") == "1"
 }
 
 // Client returns a client of Addr(t), closed when t ends.
