@@ -389,14 +389,8 @@ func (h *Hub) Notify(ctx context.Context, user string, payload any, opts ...Noti
 	ctx, cancel := h.withTimeout(ctx)
 	defer cancel()
 	defer func(start time.Time) { h.counters.observeNotify(start, err) }(time.Now())
-	id := h.newMessageID()
 	if !h.cfg.history && nc.idemKey == "" {
-		env := appendEnvelope(make([]byte, 0, len(data)+len(id)+len(nc.typ)+32), id, nc.typ, data)
-		n, err := h.broker.publish(ctx, h.keys.userChannel(user), env)
-		if err != nil {
-			return Result{}, err
-		}
-		return Result{ID: id, Nodes: n}, nil
+		return h.publishOutsideHistory(ctx, h.keys.userChannel(user), nc.typ, data)
 	}
 	req := notifyRequest{
 		stream:  h.keys.historyKey(user),
@@ -405,7 +399,7 @@ func (h *Hub) Notify(ctx context.Context, user string, payload any, opts ...Noti
 		data:    data,
 		maxAge:  h.cfg.historyAge,
 		idemTTL: h.cfg.idempotencyTTL,
-		id:      id,
+		id:      h.newMessageID(),
 	}
 	if h.cfg.history {
 		req.maxLen = h.cfg.historyLen
@@ -431,9 +425,15 @@ func (h *Hub) Broadcast(ctx context.Context, payload any, opts ...NotifyOption) 
 	ctx, cancel := h.withTimeout(ctx)
 	defer cancel()
 	defer func(start time.Time) { h.counters.observeNotify(start, err) }(time.Now())
+	return h.publishOutsideHistory(ctx, h.keys.broadcastChannel(), nc.typ, data)
+}
+
+// publishOutsideHistory is one PUBLISH of an envelope with an id of this
+// node's making.
+func (h *Hub) publishOutsideHistory(ctx context.Context, channel, typ string, data []byte) (Result, error) {
 	id := h.newMessageID()
-	env := appendEnvelope(make([]byte, 0, len(data)+len(id)+len(nc.typ)+32), id, nc.typ, data)
-	n, err := h.broker.publish(ctx, h.keys.broadcastChannel(), env)
+	env := appendEnvelope(make([]byte, 0, len(data)+len(id)+len(typ)+32), id, typ, data)
+	n, err := h.broker.publish(ctx, channel, env)
 	if err != nil {
 		return Result{}, err
 	}
