@@ -68,7 +68,7 @@ export interface Connection {
   /** Adds a listener; returns a function that removes it. */
   on<K extends keyof ConnectionEvents>(event: K, fn: ConnectionEvents[K]): () => void;
   off<K extends keyof ConnectionEvents>(event: K, fn: ConnectionEvents[K]): void;
-  /** Greatest stream id delivered (or restored), if any. */
+  /** Greatest stream id delivered (or restored, or named by the server's hello before the first message), if any. */
   readonly lastId: string | undefined;
   /** "connecting" also covers the wait before a reconnect. */
   readonly state: ConnectionState;
