@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"net/http"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -357,7 +358,8 @@ func (h *Hub) originAllowed(r *http.Request) bool {
 			return true
 		}
 	}
-	return origin == "http://"+r.Host || origin == "https://"+r.Host
+	// Host names are case-insensitive; browsers send them lower-cased.
+	return strings.EqualFold(origin, "http://"+r.Host) || strings.EqualFold(origin, "https://"+r.Host)
 }
 
 // Notify sends payload to every open socket of user, on every node, and keeps
