@@ -543,3 +543,29 @@ func functionLoaded(cl *cluster, key string) bool {
 	libs, err := c.FunctionList(ctx, redis.FunctionListQuery{LibraryNamePattern: "wsnotify"}).Result()
 	return err == nil && len(libs) == 1
 }
+
+func TestHistoryIsTrimmedByAge(t *testing.T) {
+	cl := newCluster(t)
+	a := cl.node(wsnotify.WithHistory(5000, 20*time.Millisecond))
+	first := notify(t, a, "rita", numbered{0}).ID
+	stream := a.hub.HistoryKeyOf("rita")
+	// Keep notifying until the first entry has aged out of history; staying
+	// well under the length bound, so only age can have removed it.
+	for i := 1; ; i++ {
+		if i == 4000 {
+			t.Fatal("the first entry is still in history after 4,000 notifications")
+		}
+		notify(t, a, "rita", numbered{i})
+		msgs, err := cl.admin().XRangeN(context.Background(), stream, "-", "+", 1).Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(msgs) == 1 && msgs[0].ID != first {
+			break
+		}
+	}
+	ttl, err := cl.admin().PTTL(context.Background(), stream).Result()
+	if err != nil || ttl <= 0 || ttl > 20*time.Millisecond {
+		t.Fatalf("history TTL %v, %v; want the age bound", ttl, err)
+	}
+}

@@ -31,8 +31,13 @@ local function wsnotify_notify(keys, args)
   if maxlen > 0 then
     local maxage = tonumber(args[4])
     id = redis.call('XADD', keys[1], 'MAXLEN', '~', maxlen, '*', 't', typ, 'd', data)
+    -- Trimming by age on one call in eight, by the clock, costs little and
+    -- keeps old entries bounded: they are under the length bound anyway, and
+    -- the whole stream expires maxage after its last notification.
     local now = tonumber(string.match(id, '^(%d+)'))
-    redis.call('XTRIM', keys[1], 'MINID', '~', now - maxage)
+    if now % 8 == 0 then
+      redis.call('XTRIM', keys[1], 'MINID', '~', now - maxage)
+    end
     redis.call('PEXPIRE', keys[1], maxage)
   end
   local envelope = '{"id":"' .. id .. '","type":"' .. typ .. '","data":' .. data .. '}'
