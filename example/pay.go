@@ -188,27 +188,11 @@ func (n *node) pay(c *gin.Context) {
 		return
 	}
 
-	if !replayed {
-		event := paymentEvent{
-			OrderID:      resp.OrderID,
-			Status:       resp.Status,
-			AmountCents:  req.AmountCents,
-			Merchant:     req.Merchant,
-			BalanceCents: resp.BalanceCents,
-			Node:         n.name,
-		}
-		// This is the whole point of wsnotify: the user's socket may live
-		// on any node; Notify reaches it through Redis.
-		res, err := wsnotify.Notify(c, req.User, event, wsnotify.WithType("payment"))
-		if err != nil {
-			// The ledger has already been updated: report the outcome
-			// anyway, and say that the user could not be told.
-			resp.NotifyError = "payment recorded, but the user was not notified: " + err.Error()
-		}
-		resp.Delivered = res.Nodes
-		if err := n.ledger.recordDelivery(c.Request.Context(), resp); err != nil {
-			n.logger.Warn("recording delivery of a payment", "order_id", resp.OrderID, "err", err)
-		}
+	// A retried order whose first notification failed tries it again: the
+	// idempotency key makes sure the user is told once, however often the
+	// scanner retries.
+	if !replayed || resp.NotifyError != "" {
+		resp = n.notifyPayment(c, req, resp)
 	}
 
 	status := http.StatusOK
@@ -217,6 +201,32 @@ func (n *node) pay(c *gin.Context) {
 		resp.Error = "insufficient funds"
 	}
 	c.JSON(status, resp)
+}
+
+// notifyPayment tells the user the outcome and records what it reached.
+func (n *node) notifyPayment(c *gin.Context, req payRequest, resp payResponse) payResponse {
+	event := paymentEvent{
+		OrderID:      resp.OrderID,
+		Status:       resp.Status,
+		AmountCents:  req.AmountCents,
+		Merchant:     req.Merchant,
+		BalanceCents: resp.BalanceCents,
+		Node:         n.name,
+	}
+	// This is the whole point of wsnotify: the user's socket may live on any
+	// node; Notify reaches it through Redis.
+	res, err := wsnotify.Notify(c, req.User, event,
+		wsnotify.WithType("payment"), wsnotify.WithIdempotencyKey(resp.OrderID))
+	resp.Delivered, resp.NotifyError = res.Nodes, ""
+	if err != nil {
+		// The ledger has already been updated: report the outcome anyway,
+		// and say that the user could not be told.
+		resp.NotifyError = "payment recorded, but the user was not notified: " + err.Error()
+	}
+	if err := n.ledger.recordDelivery(c.Request.Context(), resp); err != nil {
+		n.logger.Warn("recording delivery of a payment", "order_id", resp.OrderID, "err", err)
+	}
+	return resp
 }
 
 // decodeStrict reads one JSON object into v, refusing unknown fields (a typo
