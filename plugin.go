@@ -44,10 +44,11 @@ type Hub struct {
 	nodeID string
 	seq    atomic.Uint64
 
-	// mu guards closing and the upgrades WaitGroup, so no upgrade can start
-	// once Close waits for them.
+	// closing is read lock-free on every Notify; it is set, and read by
+	// upgrades, under mu together with the upgrades WaitGroup, so no upgrade
+	// can start once Close waits for them.
 	mu       sync.Mutex
-	closing  bool
+	closing  atomic.Bool
 	upgrades sync.WaitGroup
 	replays  sync.WaitGroup
 }
@@ -328,7 +329,7 @@ func (h *Hub) settle(c *gin.Context, s *Session, start *resumePoint, channel str
 func (h *Hub) beginUpgrade() bool {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if h.closing {
+	if h.closing.Load() {
 		return false
 	}
 	h.upgrades.Add(1)
@@ -503,11 +504,7 @@ func (h *Hub) Ready(ctx context.Context) error {
 	return h.broker.ready(ctx)
 }
 
-func (h *Hub) isClosing() bool {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	return h.closing
-}
+func (h *Hub) isClosing() bool { return h.closing.Load() }
 
 // route runs on the Redis read loop: it only queues.
 func (h *Hub) route(channel, payload string) {
@@ -547,12 +544,11 @@ func (h *Hub) deliver(d delivery, scratch []*Session) []*Session {
 // Calls after the first return ErrClosed.
 func (h *Hub) Close(ctx context.Context) error {
 	h.mu.Lock()
-	if h.closing {
-		h.mu.Unlock()
+	already := h.closing.Swap(true)
+	h.mu.Unlock()
+	if already {
 		return ErrClosed
 	}
-	h.closing = true
-	h.mu.Unlock()
 
 	_ = h.melody.CloseWithMsg(goingAway)
 	for _, s := range h.sessions.appendAll(nil) {
