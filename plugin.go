@@ -172,18 +172,20 @@ func randomNodeID() string {
 func (h *Hub) newMelody() *melody.Melody {
 	m := melody.New()
 	m.Config.MaxMessageSize = h.cfg.maxMessageSize
-	// The hub stops queueing at queueMsgs itself; the spare slots take the
-	// close frames queued on shutdown (melody's two and the hub's sweep).
-	m.Config.MessageBufferSize = h.cfg.queueMsgs + 4
+	// The session keeps at most melodySlots frames in melody's queue (the
+	// rest wait in its backlog); the spare slots take the close frames
+	// queued on shutdown (melody's two and the hub's sweep).
+	m.Config.MessageBufferSize = melodySlots + 4
 	// Origins are checked before the upgrade, where the hub can answer with
 	// a reason; melody's default accepts every origin.
 	m.Upgrader.CheckOrigin = h.originAllowed
-	// Zero sizes make gorilla reuse the HTTP server's buffers of the hijacked
-	// connection. net/http keeps those alive while the handler runs, which
-	// is the socket's whole life under melody, so buffers of our own would
-	// only add to them.
-	m.Upgrader.ReadBufferSize = 0
+	// The handler returns once the socket is open, so the HTTP server's
+	// buffers are freed with it. An idle socket then keeps only a small read
+	// buffer (clients send little: the hello and pongs) and borrows a write
+	// buffer from the pool for each frame.
+	m.Upgrader.ReadBufferSize = readBufferSize
 	m.Upgrader.WriteBufferSize = 0
+	m.Upgrader.WriteBufferPool = &sync.Pool{}
 	m.HandleConnect(h.onConnect)
 	m.HandleMessage(h.onMessage)
 	m.HandleMessageBinary(func(ms *melody.Session, _ []byte) {
@@ -228,59 +230,61 @@ func (h *Hub) onError(ms *melody.Session, err error) {
 // after, so a client that is closed before its first notification can still
 // resume with since.
 //
-// The handler blocks for the life of the socket.
+// The handler returns once the socket is open (or the upgrade failed); the
+// socket then runs on a goroutine of the hub's, so that the HTTP server's
+// goroutine and buffers are freed for the socket's life. The request's
+// context ends when the handler returns: use OnDisconnect to learn when the
+// socket closes.
 func (h *Hub) Handler() gin.HandlerFunc {
 	return func(c *gin.Context) {
 		if !h.beginUpgrade() {
 			abortJSON(c, http.StatusServiceUnavailable, "server is shutting down")
 			return
 		}
-		defer h.upgrades.Done()
-		if !h.originAllowed(c.Request) {
-			abortJSON(c, http.StatusForbidden, "origin not allowed: "+c.Request.Header.Get("Origin"))
-			return
+		if !h.admit(c) {
+			h.upgrades.Done()
 		}
-		user, err := h.cfg.userKey(c)
-		if err != nil || user == "" {
-			abortJSON(c, http.StatusUnauthorized, unauthorizedReason(err))
-			return
-		}
-		if err := validateUserKey(user); err != nil {
-			abortJSON(c, http.StatusBadRequest, err.Error())
-			return
-		}
-		start := resumePoint{}
-		if v, ok := c.GetQuery("since"); ok {
-			if start.id, ok = parseStreamID(v); !ok {
-				abortJSON(c, http.StatusBadRequest, "since must be a notification id such as 1700000000000-0")
-				return
-			}
-			start.fromClient = true
-		}
-		if !websocket.IsWebSocketUpgrade(c.Request) {
-			abortJSON(c, http.StatusBadRequest, "websocket upgrade required")
-			return
-		}
-		s := newSession(user, queueLimit{int64(h.cfg.queueMsgs), h.cfg.queueBytes}, &h.counters)
-		if !h.sessions.add(s, h.cfg.maxSessionsPerUser) {
-			abortJSON(c, http.StatusTooManyRequests, "too many sessions for this user")
-			return
-		}
-		defer h.sessions.remove(s)
-		h.serve(c, s, start)
 	}
 }
 
-// serve subscribes, settles where the socket's history starts, and runs the
-// socket. The session is indexed and holding before the subscription, so no
-// live frame can slip between the history read and the first live write.
-func (h *Hub) serve(c *gin.Context, s *Session, start resumePoint) {
+// admit checks the request and hands the socket over to run. It reports
+// whether it did; if not, it has answered.
+func (h *Hub) admit(c *gin.Context) bool {
+	if !h.originAllowed(c.Request) {
+		abortJSON(c, http.StatusForbidden, "origin not allowed: "+c.Request.Header.Get("Origin"))
+		return false
+	}
+	user, err := h.cfg.userKey(c)
+	if err != nil || user == "" {
+		abortJSON(c, http.StatusUnauthorized, unauthorizedReason(err))
+		return false
+	}
+	if err := validateUserKey(user); err != nil {
+		abortJSON(c, http.StatusBadRequest, err.Error())
+		return false
+	}
+	start := resumePoint{}
+	if v, ok := c.GetQuery("since"); ok {
+		if start.id, ok = parseStreamID(v); !ok {
+			abortJSON(c, http.StatusBadRequest, "since must be a notification id such as 1700000000000-0")
+			return false
+		}
+		start.fromClient = true
+	}
+	if !websocket.IsWebSocketUpgrade(c.Request) {
+		abortJSON(c, http.StatusBadRequest, "websocket upgrade required")
+		return false
+	}
+	s := newSession(user, queueLimit{int64(h.cfg.queueMsgs), h.cfg.queueBytes}, &h.counters)
+	if !h.sessions.add(s, h.cfg.maxSessionsPerUser) {
+		abortJSON(c, http.StatusTooManyRequests, "too many sessions for this user")
+		return false
+	}
 	channel := h.keys.userChannel(s.user)
 	if !h.settle(c, s, &start, channel) {
-		return
+		h.sessions.remove(s)
+		return false
 	}
-	defer h.broker.release(channel)
-
 	keys := make(map[string]any, len(c.Keys)+2)
 	for k, v := range c.Keys {
 		if name, ok := k.(string); ok {
@@ -289,13 +293,32 @@ func (h *Hub) serve(c *gin.Context, s *Session, start resumePoint) {
 	}
 	keys[sessionKey] = s
 	keys[resumeKey] = start
-	err := h.melody.HandleRequestWithKeys(c.Writer, c.Request, keys)
-	close(s.ended)
-	if s.ms != nil && h.cfg.onDisconnect != nil {
-		h.cfg.onDisconnect(s)
-	}
-	if errors.Is(err, melody.ErrClosed) {
+	opened := make(chan error, 1)
+	go h.run(c.Writer, c.Request, s, channel, keys, opened)
+	if err := <-opened; errors.Is(err, melody.ErrClosed) {
 		abortJSON(c, http.StatusServiceUnavailable, "server is shutting down")
+	}
+	return true
+}
+
+// run runs one socket from its upgrade to its end. The session is indexed
+// and holding before the subscription (settle), so no live frame can slip
+// between the history read and the first live write. opened receives nil
+// once the socket is open, or the error of a failed upgrade: until then run
+// uses w, which is the handler's, so the handler waits for it.
+func (h *Hub) run(w http.ResponseWriter, r *http.Request, s *Session, channel string, keys map[string]any, opened chan<- error) {
+	defer h.upgrades.Done()
+	defer h.sessions.remove(s)
+	defer h.broker.release(channel)
+	s.opened = opened
+	err := h.melody.HandleRequestWithKeys(w, r, keys)
+	close(s.ended)
+	if s.opened != nil {
+		s.opened <- err // never opened: the handler answers
+		return
+	}
+	if h.cfg.onDisconnect != nil {
+		h.cfg.onDisconnect(s)
 	}
 }
 
@@ -576,6 +599,10 @@ func (h *Hub) Close(ctx context.Context) error {
 		return fmt.Errorf("wsnotify: close: %w", ctx.Err())
 	}
 }
+
+// readBufferSize is each socket's read buffer; larger frames from a client
+// are read through it in pieces.
+const readBufferSize = 512
 
 var goingAway = websocket.FormatCloseMessage(websocket.CloseGoingAway, "server shutting down")
 

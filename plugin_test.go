@@ -355,6 +355,59 @@ func TestHooksSeeTheUserAndSessionData(t *testing.T) {
 	}
 }
 
+// An open socket needs neither the HTTP handler nor the request's headers:
+// the handler returns once the socket is open, and the headers are released
+// after OnConnect, which still sees them.
+func TestOpenSocketOutlivesItsHandler(t *testing.T) {
+	cl := newCluster(t)
+	seen := make(chan string, 2)
+	a := cl.node(
+		wsnotify.OnConnect(func(s *wsnotify.Session) { seen <- "connect:" + s.Request().Header.Get("X-Till") }),
+		wsnotify.OnMessage(func(s *wsnotify.Session, _ []byte) {
+			r := s.Request()
+			seen <- "message:" + r.Header.Get("X-Till") + ":" + r.URL.Query().Get("user")
+		}),
+	)
+	returned := make(chan struct{})
+	r := gin.New()
+	r.GET("/ws", func(c *gin.Context) { c.Next(); close(returned) }, a.hub.Handler())
+	srv := httptest.NewServer(r)
+	defer srv.Close()
+
+	header := http.Header{"X-Till": {"till-7"}}
+	conn, _, err := websocket.DefaultDialer.Dial("ws"+strings.TrimPrefix(srv.URL, "http")+"/ws?user=alice", header)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	readEnvelope(t, conn) // hello
+	select {
+	case <-returned:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the handler did not return once the socket was open")
+	}
+	n, err := a.hub.Notify(context.Background(), "alice", "paid")
+	if err != nil || n.Nodes != 1 {
+		t.Fatalf("Notify after the handler returned = %+v, %v; want 1 node", n, err)
+	}
+	if env := readEnvelope(t, conn); string(env.Data) != `"paid"` {
+		t.Fatalf("got %+v, want the notification", env)
+	}
+	if err := conn.WriteMessage(websocket.TextMessage, []byte("hi")); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"connect:till-7", "message::alice"} {
+		select {
+		case got := <-seen:
+			if got != want {
+				t.Fatalf("hook saw %q, want %q", got, want)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatalf("no hook call for %q", want)
+		}
+	}
+}
+
 // blackHole accepts TCP connections and never answers: a Redis that hangs.
 func blackHole(t *testing.T) string {
 	l, err := net.Listen("tcp", "127.0.0.1:0")

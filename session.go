@@ -41,12 +41,23 @@ type Session struct {
 	last      streamID      // last history id written to the socket
 	gone      bool          // closing: write nothing more
 	space     chan bool     // signalled when the queue drains below half
-	ended     chan struct{} // closed when the socket's handler returns
+	ended     chan struct{} // closed when the socket ends
+	opened    chan<- error  // set until the socket opens; only run and onConnect touch it
 
-	queuedMsgs  atomic.Int64
+	// Frames queued for the socket: at most melodySlots in melody's queue,
+	// the rest in backlog, which melody's writer refills from as it drains.
+	// melody's queue is a channel allocated whole for every socket, so it is
+	// kept short; backlog costs nothing while the socket is idle.
+	inMelody int
+	backlog  [][]byte
+
+	queuedMsgs  atomic.Int64 // inMelody + len(backlog), read without the lock
 	queuedBytes atomic.Int64
 	slow        atomic.Bool
 }
+
+// melodySlots is how many frames wait in melody's own queue per socket.
+const melodySlots = 8
 
 type queueLimit struct {
 	msgs  int64
@@ -69,8 +80,28 @@ func (s *Session) melodySession() *melody.Session {
 // User returns the user key the socket was opened for.
 func (s *Session) User() string { return s.user }
 
-// Request returns the HTTP request that opened the socket.
-func (s *Session) Request() *http.Request { return s.ms.Request }
+// Request returns the HTTP request that opened the socket. Its headers and
+// context are released once the OnConnect hook returns, so that an open
+// socket does not keep them: copy what you need with Set in OnConnect.
+// Method, URL, Host and RemoteAddr stay.
+func (s *Session) Request() *http.Request {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.ms.Request
+}
+
+// releaseRequest keeps only the small parts of the request that opened the
+// socket; the headers alone often outweigh everything else an idle socket
+// holds.
+func (s *Session) releaseRequest() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	r := s.ms.Request
+	s.ms.Request = &http.Request{
+		Method: r.Method, URL: r.URL, Proto: r.Proto, ProtoMajor: r.ProtoMajor, ProtoMinor: r.ProtoMinor,
+		Header: http.Header{}, Host: r.Host, RemoteAddr: r.RemoteAddr, RequestURI: r.RequestURI, TLS: r.TLS,
+	}
+}
 
 // Get returns a value stored with Set, or one the gin context held when the
 // socket was opened (the keys an auth middleware put there).
@@ -212,13 +243,34 @@ func (s *Session) send(payload []byte) {
 	}
 	s.queuedMsgs.Add(1)
 	s.queuedBytes.Add(n)
+	if len(s.backlog) > 0 || s.inMelody == melodySlots {
+		s.backlog = append(s.backlog, payload)
+		return
+	}
+	s.toMelody(payload)
+}
+
+// toMelody must be called with s.mu held.
+func (s *Session) toMelody(payload []byte) {
+	s.inMelody++
 	if err := s.ms.Write(payload); err != nil {
 		s.gone = true // closed under us: its disconnect is already on the way
 	}
 }
 
-// sent is called by melody after a queued frame reached the socket.
+// sent is called by melody's writer after a queued frame reached the socket:
+// it moves the next frame of the backlog into melody's queue.
 func (s *Session) sent(payload []byte) {
+	s.mu.Lock()
+	s.inMelody--
+	if len(s.backlog) > 0 && !s.gone {
+		s.toMelody(s.backlog[0])
+		s.backlog[0] = nil
+		if s.backlog = s.backlog[1:]; len(s.backlog) == 0 {
+			s.backlog = nil // an idle socket keeps no array
+		}
+	}
+	s.mu.Unlock()
 	if s.queuedBytes.Add(-int64(len(payload))); s.queuedMsgs.Add(-1) <= s.limit.msgs/2 {
 		select {
 		case s.space <- true:

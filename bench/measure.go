@@ -147,18 +147,22 @@ func (b *bench) measure(ctx context.Context, p plan, run int) (Result, error) {
 		return res, err
 	}
 	res.PerNode = make([]NodeResult, len(nodes))
-	var rssDelta, gDelta int64
+	var rssDelta, heapDelta, stackDelta, gDelta int64
 	for i := range nodes {
 		nr := &res.PerNode[i]
 		nr.Clients = perNode[i]
 		if perNode[i] > 0 {
 			nr.RSSPerConnKiB = float64(after[i].RSSKiB-before[i].RSSKiB) / float64(perNode[i])
 			rssDelta += after[i].RSSKiB - before[i].RSSKiB
+			heapDelta += after[i].HeapKiB - before[i].HeapKiB
+			stackDelta += after[i].StackKiB - before[i].StackKiB
 			gDelta += int64(after[i].Goroutines - before[i].Goroutines)
 		}
 	}
 	if p.clients > 0 {
 		res.RSSPerConnKiB = float64(rssDelta) / float64(p.clients)
+		res.HeapPerConnKiB = float64(heapDelta) / float64(p.clients)
+		res.StackPerConnKiB = float64(stackDelta) / float64(p.clients)
 		res.GoroutinesPerConn = float64(gDelta) / float64(p.clients)
 	}
 	if p.load == loadIdle {

@@ -70,6 +70,8 @@ type nodeStatus struct {
 	SlowConsumers uint64 `json:"slow_consumers"`
 	Resyncs       uint64 `json:"resyncs"`
 	Truncated     uint64 `json:"truncated"`
+	HeapKiB       int64  `json:"heap_kib"`  // heap in use
+	StackKiB      int64  `json:"stack_kib"` // goroutine stacks
 }
 
 // notifyResult is the answer of /notify.
@@ -139,9 +141,10 @@ func nodeMain(args []string) error {
 	}
 	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 	rdb := redis.NewClient(&redis.Options{
-		Addr:                  f.redisAddr,
-		Dialer:                loopbackDial,
-		PoolSize:              128, // room for /fire's concurrent notifiers
+		Addr:   f.redisAddr,
+		Dialer: loopbackDial,
+		// go-redis's default pool: Notify calls share pipelines, so the
+		// notifiers need no connection each.
 		ContextTimeoutEnabled: true,
 	})
 	defer rdb.Close()
@@ -460,6 +463,10 @@ func statusHandler(t target) http.HandlerFunc {
 		if r.URL.Query().Get("gc") != "" {
 			runtime.GC()
 			debug.FreeOSMemory()
+			if err := writeHeapProfile(); err != nil {
+				writeJSON(w, http.StatusInternalServerError, map[string]string{"error": err.Error()})
+				return
+			}
 		}
 		st := t.status()
 		rss, err := selfRSSKiB()
@@ -468,10 +475,32 @@ func statusHandler(t target) http.HandlerFunc {
 			return
 		}
 		st.RSSKiB = rss
+		var ms runtime.MemStats
+		runtime.ReadMemStats(&ms)
+		st.HeapKiB, st.StackKiB = int64(ms.HeapInuse>>10), int64(ms.StackInuse>>10)
 		st.Goroutines = runtime.NumGoroutine()
 		writeJSON(w, http.StatusOK, st)
 	}
 }
+
+// writeHeapProfile writes what the heap holds to
+// WSNOTIFY_BENCH_PROFILE_DIR/node-PID-N.heap when that is set, for finding
+// what an idle socket keeps: go tool pprof -sample_index=inuse_space FILE
+func writeHeapProfile() error {
+	dir := os.Getenv("WSNOTIFY_BENCH_PROFILE_DIR")
+	if dir == "" {
+		return nil
+	}
+	n := heapProfiles.Add(1)
+	out, err := os.Create(filepath.Join(dir, fmt.Sprintf("node-%d-%d.heap", os.Getpid(), n)))
+	if err != nil {
+		return err
+	}
+	defer out.Close()
+	return pprof.Lookup("heap").WriteTo(out, 0)
+}
+
+var heapProfiles atomic.Int64
 
 // userName is the user key of client i.
 func userName(i int) string { return "u" + strconv.Itoa(i) }

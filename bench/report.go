@@ -52,6 +52,8 @@ type Result struct {
 
 	ConnectPerSec     float64 `json:"connect_per_sec"`
 	RSSPerConnKiB     float64 `json:"rss_per_conn_kib"`
+	HeapPerConnKiB    float64 `json:"heap_per_conn_kib"`
+	StackPerConnKiB   float64 `json:"stack_per_conn_kib"`
 	GoroutinesPerConn float64 `json:"goroutines_per_conn"`
 
 	NodeCPUSec       float64 `json:"node_cpu_sec"`
@@ -364,9 +366,10 @@ func throughputTable(w io.Writer, rows []Result, raw *Result, meta reportMeta) {
 }
 
 func memoryTable(w io.Writer, rows []Result, raw *Result) {
-	cells(w, "system", "clients", "connect/s", "RSS/conn KiB", "goroutines/conn")
+	cells(w, "system", "clients", "connect/s", "RSS/conn KiB", "heap KiB", "stacks KiB", "goroutines/conn")
 	line := func(r Result) {
-		cells(w, r.label(), strconv.Itoa(r.Clients), group(r.ConnectPerSec), f1(r.RSSPerConnKiB), f2(r.GoroutinesPerConn))
+		cells(w, r.label(), strconv.Itoa(r.Clients), group(r.ConnectPerSec), f1(r.RSSPerConnKiB),
+			f1(r.HeapPerConnKiB), f1(r.StackPerConnKiB), f2(r.GoroutinesPerConn))
 	}
 	if raw != nil {
 		line(*raw)
@@ -375,7 +378,8 @@ func memoryTable(w io.Writer, rows []Result, raw *Result) {
 		line(r)
 		if raw != nil {
 			cells(w, "  ÷ raw", "", ratio(r.ConnectPerSec, raw.ConnectPerSec),
-				ratio(r.RSSPerConnKiB, raw.RSSPerConnKiB), ratio(r.GoroutinesPerConn, raw.GoroutinesPerConn))
+				ratio(r.RSSPerConnKiB, raw.RSSPerConnKiB), ratio(r.HeapPerConnKiB, raw.HeapPerConnKiB),
+				ratio(r.StackPerConnKiB, raw.StackPerConnKiB), ratio(r.GoroutinesPerConn, raw.GoroutinesPerConn))
 		}
 	}
 }
