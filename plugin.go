@@ -311,7 +311,7 @@ func (h *Hub) run(w http.ResponseWriter, r *http.Request, s *Session, channel st
 	defer h.sessions.remove(s)
 	defer h.broker.release(channel)
 	s.opened = opened
-	err := h.melody.HandleRequestWithKeys(w, r, keys)
+	err := h.melody.HandleRequestWithKeys(&coalescingWriter{ResponseWriter: w, pending: s.framesBehind}, r, keys)
 	close(s.ended)
 	if s.opened != nil {
 		s.opened <- err // never opened: the handler answers

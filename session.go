@@ -250,6 +250,10 @@ func (s *Session) send(payload []byte) {
 	s.toMelody(payload)
 }
 
+// framesBehind reports whether more frames are queued behind the one being
+// written, so the connection may keep this one back and write them together.
+func (s *Session) framesBehind() bool { return s.queuedMsgs.Load() > 1 }
+
 // toMelody must be called with s.mu held.
 func (s *Session) toMelody(payload []byte) {
 	s.inMelody++

@@ -1,0 +1,87 @@
+package wsnotify
+
+import (
+	"bytes"
+	"net"
+	"testing"
+)
+
+// recordingConn records each write that reaches the socket.
+type recordingConn struct {
+	net.Conn
+	writes [][]byte
+	closed bool
+}
+
+func (c *recordingConn) Write(p []byte) (int, error) {
+	c.writes = append(c.writes, bytes.Clone(p))
+	return len(p), nil
+}
+
+func (c *recordingConn) Close() error { c.closed = true; return nil }
+
+func (c *recordingConn) sent() []byte { return bytes.Join(c.writes, nil) }
+
+func textFrame(payload string) []byte { return append([]byte{0x81, byte(len(payload))}, payload...) }
+
+func TestCoalescingKeepsFramesBackOnlyWhileMoreAreQueued(t *testing.T) {
+	behind := 0
+	rec := &recordingConn{}
+	c := &coalescingConn{Conn: rec, pending: func() bool { return behind > 0 }}
+
+	var want []byte
+	for i, p := range []string{"a", "bb", "ccc"} {
+		behind = 2 - i
+		f := textFrame(p)
+		want = append(want, f...)
+		if n, err := c.Write(f); n != len(f) || err != nil {
+			t.Fatalf("Write = %d, %v", n, err)
+		}
+		if i < 2 && len(rec.writes) != 0 {
+			t.Fatalf("frame %d reached the socket with frames queued behind it", i)
+		}
+	}
+	if !bytes.Equal(rec.sent(), want) {
+		t.Fatalf("socket got %q, want %q", rec.sent(), want)
+	}
+
+	// A lone frame goes at once.
+	rec.writes = nil
+	behind = 0
+	_, _ = c.Write(textFrame("x"))
+	if len(rec.writes) != 1 {
+		t.Fatalf("a lone frame took %d writes, want 1", len(rec.writes))
+	}
+}
+
+func TestCoalescingWritesControlFramesAtOnce(t *testing.T) {
+	rec := &recordingConn{}
+	c := &coalescingConn{Conn: rec, pending: func() bool { return true }}
+	data := textFrame("kept")
+	_, _ = c.Write(data)
+	ping := []byte{0x89, 0x00}
+	_, _ = c.Write(ping)
+	if want := append(bytes.Clone(data), ping...); !bytes.Equal(rec.sent(), want) {
+		t.Fatalf("socket got %q, want the kept frame then the ping %q", rec.sent(), want)
+	}
+}
+
+func TestCoalescingBoundsWhatItKeeps(t *testing.T) {
+	rec := &recordingConn{}
+	c := &coalescingConn{Conn: rec, pending: func() bool { return true }}
+	big := make([]byte, maxCoalesced/2+1)
+	big[0] = 0x81
+	for range 3 {
+		_, _ = c.Write(big)
+	}
+	if got := len(rec.sent()); got != 2*len(big) {
+		t.Fatalf("%d bytes reached the socket, want the %d that no longer fit", got, 2*len(big))
+	}
+	if c.keptLen() > maxCoalesced {
+		t.Fatalf("kept %d bytes, more than %d", c.keptLen(), maxCoalesced)
+	}
+	_ = c.Close()
+	if !rec.closed || c.buf != nil {
+		t.Fatal("Close kept the buffer or did not close the socket")
+	}
+}
