@@ -254,7 +254,17 @@ func (cfg config) plans(sc string) []plan {
 	}
 	raw := base
 	raw.raw, raw.nodes, raw.clientNode, raw.sendNode = true, 1, first, first
-	return append(out, raw)
+	out = append(out, raw)
+	if sc == "s4" {
+		for _, n := range counts {
+			if n > 1 {
+				share := raw
+				share.shareOf, share.clients, share.rate = n, raw.clients/n, raw.rate/float64(n)
+				out = append(out, share)
+			}
+		}
+	}
+	return out
 }
 
 func run(cfg config) error {

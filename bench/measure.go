@@ -37,6 +37,9 @@ type plan struct {
 	duration      time.Duration
 	notifications int
 	notifiers     int
+	// shareOf, on a raw plan of s4, is the node count whose one node's share
+	// of the clients and of the rate this baseline carries.
+	shareOf int
 }
 
 func (p plan) system() string {
@@ -92,6 +95,7 @@ func (b *bench) measure(ctx context.Context, p plan, run int) (Result, error) {
 		System:   p.system(),
 		History:  p.historyLabel(),
 		Nodes:    p.nodes,
+		ShareOf:  p.shareOf,
 		Run:      run,
 		Clients:  p.clients,
 	}
@@ -167,6 +171,28 @@ func (b *bench) measure(ctx context.Context, p plan, run int) (Result, error) {
 	}
 	if p.load == loadIdle {
 		return res, nil
+	}
+
+	// An idle window before a rate load gives each node's fixed CPU cost
+	// (runtime, timers, probes), so the work per notification can be told
+	// apart from what a node spends whether or not it delivers anything.
+	idleCPU := make([]time.Duration, len(nodes))
+	var idleFor time.Duration
+	if p.load == loadRate {
+		before, err := b.cpuTimes(nodes)
+		if err != nil {
+			return res, err
+		}
+		idleStart := time.Now()
+		time.Sleep(idleWindow) // a measuring window, not a wait for a condition
+		after, err := b.cpuTimes(nodes)
+		if err != nil {
+			return res, err
+		}
+		idleFor = time.Since(idleStart)
+		for i := range nodes {
+			idleCPU[i] = after[i] - before[i]
+		}
 	}
 
 	cpu0, err := b.cpuTimes(nodes)
@@ -251,6 +277,9 @@ func (b *bench) measure(ctx context.Context, p plan, run int) (Result, error) {
 		if nr.Delivered > 0 {
 			nr.CPUPerMsgUs = cpu * 1e6 / float64(nr.Delivered)
 		}
+		if idleFor > 0 {
+			nr.IdleCPUPerSec = idleCPU[i].Seconds() / idleFor.Seconds()
+		}
 		res.NodeCPUSec += cpu
 	}
 	if redis0 >= 0 && redis1 >= 0 {
@@ -264,6 +293,9 @@ func (b *bench) measure(ctx context.Context, p plan, run int) (Result, error) {
 	}
 	return res, nil
 }
+
+// idleWindow is how long each node's idle CPU is measured before a rate load.
+const idleWindow = 3 * time.Second
 
 // startNodes starts the plan's processes: p.nodes wsnotify nodes on the key
 // prefix, or one raw process. On error the ones started are returned too, for

@@ -22,6 +22,7 @@ type Result struct {
 	System   string `json:"system"` // "wsnotify" or "raw"
 	History  string `json:"history,omitempty"`
 	Nodes    int    `json:"nodes"`
+	ShareOf  int    `json:"share_of_nodes,omitempty"` // raw s4 rows: one node's share of this many`
 	Run      int    `json:"run"`
 	Clients  int    `json:"clients"`
 
@@ -73,13 +74,14 @@ type NodeResult struct {
 	Delivered       int64   `json:"delivered"`
 	DeliveredPerSec float64 `json:"delivered_per_sec"`
 	CPUSec          float64 `json:"cpu_sec"`
-	CPUPerMsgUs     float64 `json:"cpu_per_msg_us"` // per message delivered on this node
+	CPUPerMsgUs     float64 `json:"cpu_per_msg_us"`   // per message delivered on this node
+	IdleCPUPerSec   float64 `json:"idle_cpu_per_sec"` // before a rate load, nothing sent
 	RSSPerConnKiB   float64 `json:"rss_per_conn_kib"`
 	SlowConsumers   uint64  `json:"slow_consumers"`
 }
 
 func (r Result) key() string {
-	return fmt.Sprintf("%s/%s/%s/%d", r.Scenario, r.System, r.History, r.Nodes)
+	return fmt.Sprintf("%s/%s/%s/%d/%d", r.Scenario, r.System, r.History, r.Nodes, r.ShareOf)
 }
 
 func (r Result) label() string {
@@ -94,6 +96,9 @@ func (r Result) summary() string {
 	s := fmt.Sprintf("%s run %d %s", r.Scenario, r.Run, r.label())
 	if r.Scenario == "s4" {
 		s += fmt.Sprintf(" nodes=%d", r.Nodes)
+		if r.ShareOf > 0 {
+			s += fmt.Sprintf(" (1/%d of the load)", r.ShareOf)
+		}
 	}
 	s += fmt.Sprintf(": %d clients, RSS/conn %.1f KiB", r.Clients, r.RSSPerConnKiB)
 	if r.Sent == 0 && r.Delivered == 0 {
@@ -186,15 +191,16 @@ func median(v []float64) float64 {
 func printTables(w io.Writer, meta reportMeta, results []Result) {
 	med := medians(results)
 	for _, sc := range []string{"s1", "s2", "s3", "s4"} {
-		var rows []Result
+		var rows, shares []Result
 		var raw *Result
 		for i, r := range med {
-			if r.Scenario != sc {
-				continue
-			}
-			if r.System == "raw" {
+			switch {
+			case r.Scenario != sc:
+			case r.System == "raw" && r.ShareOf > 0:
+				shares = append(shares, r)
+			case r.System == "raw":
 				raw = &med[i]
-			} else {
+			default:
 				rows = append(rows, r)
 			}
 		}
@@ -211,7 +217,7 @@ func printTables(w io.Writer, meta reportMeta, results []Result) {
 		case "s3":
 			memoryTable(tw, rows, raw)
 		case "s4":
-			scaleTable(tw, rows, raw)
+			scaleTable(tw, rows, raw, shares)
 		}
 		_ = tw.Flush()
 		noIDNotes(w, sc, results)
@@ -384,45 +390,75 @@ func memoryTable(w io.Writer, rows []Result, raw *Result) {
 	}
 }
 
-func scaleTable(w io.Writer, rows []Result, raw *Result) {
+// scaleTable compares each node count with the raw baseline run at one
+// node's share of the load (its clients and its rate): at a few hundred
+// messages a second a process's CPU per message depends on the rate itself
+// (waking an idle process costs more than the message), so that is the
+// baseline a node of an n-node cluster is to be measured against.
+func scaleTable(w io.Writer, rows []Result, raw *Result, shares []Result) {
 	cells(w, "system", "nodes", "deliv/s", "deliv/s/node", "node µs/msg mean", "node µs/msg max",
-		"redis µs/msg", "total µs/msg", "p50 ms", "p99 ms", "lost", "RSS/conn KiB")
-	line := func(r Result) {
-		mean, worst := perNodeCPU(r)
-		cells(w, r.label(), strconv.Itoa(r.Nodes), group(r.DeliveredPerSec), group(r.DeliveredPerSec/float64(max(r.Nodes, 1))),
-			f1(mean), f1(worst), redisCPU(r), f1(r.CPUPerMsgUs), f2(r.LatP50Ms), f2(r.LatP99Ms), i64(r.Lost), f1(r.RSSPerConnKiB))
+		"idle ms/s/node", "redis µs/msg", "total µs/msg", "p50 ms", "p99 ms", "lost", "RSS/conn KiB")
+	line := func(label string, r Result) {
+		s := perNodeCPU(r)
+		cells(w, label, strconv.Itoa(r.Nodes), group(r.DeliveredPerSec), group(r.DeliveredPerSec/float64(max(r.Nodes, 1))),
+			f1(s.mean), f1(s.worst), f1(s.idleMsPerSec), redisCPU(r), f1(r.CPUPerMsgUs),
+			f2(r.LatP50Ms), f2(r.LatP99Ms), i64(r.Lost), f1(r.RSSPerConnKiB))
 	}
 	if raw != nil {
-		line(*raw)
+		line(raw.label(), *raw)
+	}
+	for _, r := range shares {
+		line(fmt.Sprintf("raw, 1/%d of the load", r.ShareOf), r)
 	}
 	for _, r := range rows {
-		line(r)
-		if raw != nil {
-			rawMean, _ := perNodeCPU(*raw)
-			mean, worst := perNodeCPU(r)
-			cells(w, "  ÷ raw", "", ratio(r.DeliveredPerSec, raw.DeliveredPerSec), "",
-				ratio(mean, rawMean), ratio(worst, rawMean), "", ratio(r.CPUPerMsgUs, raw.CPUPerMsgUs),
-				ratio(r.LatP50Ms, raw.LatP50Ms), ratio(r.LatP99Ms, raw.LatP99Ms), "", ratio(r.RSSPerConnKiB, raw.RSSPerConnKiB))
+		line(r.label(), r)
+		base := raw
+		for i := range shares {
+			if shares[i].ShareOf == r.Nodes {
+				base = &shares[i]
+			}
 		}
+		if base == nil {
+			continue
+		}
+		bs, s := perNodeCPU(*base), perNodeCPU(r)
+		label := "  ÷ raw"
+		if base.ShareOf > 0 {
+			label = fmt.Sprintf("  ÷ raw 1/%d", base.ShareOf)
+		}
+		cells(w, label, "", "", ratio(r.DeliveredPerSec/float64(max(r.Nodes, 1)), base.DeliveredPerSec),
+			ratio(s.mean, bs.mean), ratio(s.worst, bs.mean), "", "", ratio(r.CPUPerMsgUs, base.CPUPerMsgUs),
+			ratio(r.LatP50Ms, base.LatP50Ms), ratio(r.LatP99Ms, base.LatP99Ms), "", ratio(r.RSSPerConnKiB, base.RSSPerConnKiB))
 	}
+	fmt.Fprintln(w, "idle ms/s/node: a node's CPU while its clients are connected and nothing is sent (mean over nodes).")
+	fmt.Fprintln(w, "÷ raw 1/n: against plain gorilla carrying one node's share (clients/n at rate/n) in the same run.")
 }
 
-// perNodeCPU returns the mean and the maximum over nodes of a node's CPU per
+type nodeCPU struct {
+	mean, worst  float64 // CPU per message delivered to the node's own clients
+	idleMsPerSec float64
+}
+
+// perNodeCPU averages, over the nodes that delivered, a node's CPU per
 // message delivered to its own clients (it also publishes its share).
-func perNodeCPU(r Result) (mean, worst float64) {
+func perNodeCPU(r Result) nodeCPU {
+	var s nodeCPU
 	n := 0
 	for _, nr := range r.PerNode {
 		if nr.Delivered == 0 {
 			continue
 		}
-		mean += nr.CPUPerMsgUs
-		worst = max(worst, nr.CPUPerMsgUs)
+		s.mean += nr.CPUPerMsgUs
+		s.worst = max(s.worst, nr.CPUPerMsgUs)
+		s.idleMsPerSec += nr.IdleCPUPerSec * 1e3
 		n++
 	}
 	if n == 0 {
-		return 0, 0
+		return nodeCPU{}
 	}
-	return mean / float64(n), worst
+	s.mean /= float64(n)
+	s.idleMsPerSec /= float64(n)
+	return s
 }
 
 // group formats v rounded, with thousands separators.
