@@ -79,6 +79,10 @@ func evalScriptSource() string {
 	return notifyLua + "\nreturn wsnotify_notify(KEYS, ARGV)\n"
 }
 
+func evalManySource() string {
+	return notifyLua + "\nreturn wsnotify_notify_many(KEYS, ARGV)\n"
+}
+
 // streamID is a Redis stream id, "<ms>-<seq>". The zero value sorts before
 // every real id.
 type streamID struct{ ms, seq uint64 }

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -480,6 +481,36 @@ func testConcurrentUsersKeepTheirOrder(t *testing.T, cl *cluster) {
 	wg.Wait()
 }
 
+// Concurrent notifications share script calls; each caller must still get
+// the id and the count of its own notification.
+func TestConcurrentNotifyGetsItsOwnResult(t *testing.T) {
+	cl := newCluster(t)
+	a, b := cl.node(), cl.node()
+	const users = 40
+	conns := make([]*websocket.Conn, users)
+	for u := range users {
+		conns[u] = a.dial(t, fmt.Sprintf("r%02d", u))
+	}
+	ids := make([]string, users)
+	var wg sync.WaitGroup
+	for u := range users {
+		wg.Go(func() {
+			res, err := b.hub.Notify(context.Background(), fmt.Sprintf("r%02d", u), u)
+			if err != nil || res.Nodes != 1 {
+				t.Errorf("user %d: %+v, %v", u, res, err)
+			}
+			ids[u] = res.ID
+		})
+	}
+	wg.Wait()
+	for u, conn := range conns {
+		env := readEnvelope(t, conn)
+		if string(env.Data) != strconv.Itoa(u) || env.ID != ids[u] {
+			t.Fatalf("user %d got %s with id %s; Notify said id %s", u, env.Data, env.ID, ids[u])
+		}
+	}
+}
+
 func TestClosedBeforeTheFirstNotificationResumes(t *testing.T) {
 	cl := newCluster(t)
 	a, b := cl.node(), cl.node()
@@ -515,10 +546,15 @@ func TestNotifySurvivesAScriptFlush(t *testing.T) {
 	if err := cl.admin().ScriptFlush(context.Background()).Err(); err != nil {
 		t.Fatal(err)
 	}
-	// Redis forgot the script (as after a restart or a failover): the hub
-	// loads it again and the notification goes through.
+	// Redis forgot the scripts (as after a restart or a failover): the hub
+	// loads them again and the notifications go through, the batched kind
+	// and the single one that idempotency keys take.
 	res := notify(t, a, "quinn", 2)
-	for _, want := range []string{"1", "2"} {
+	if err := cl.admin().ScriptFlush(context.Background()).Err(); err != nil {
+		t.Fatal(err)
+	}
+	notify(t, a, "quinn", 3, wsnotify.WithIdempotencyKey("order-3"))
+	for _, want := range []string{"1", "2", "3"} {
 		if env := readEnvelope(t, conn); string(env.Data) != want {
 			t.Fatalf("got %s, want %s", env.Data, want)
 		}

@@ -419,13 +419,14 @@ func (h *Hub) Notify(ctx context.Context, user string, payload any, opts ...Noti
 		return h.publishOutsideHistory(ctx, h.keys.userChannel(user), nc.typ, data)
 	}
 	req := notifyRequest{
-		stream:  h.keys.historyKey(user),
-		channel: h.keys.userChannel(user),
-		typ:     nc.typ,
-		data:    data,
-		maxAge:  h.cfg.historyAge,
-		idemTTL: h.cfg.idempotencyTTL,
-		id:      h.newMessageID(),
+		partition: h.keys.partition(user),
+		stream:    h.keys.historyKey(user),
+		channel:   h.keys.userChannel(user),
+		typ:       nc.typ,
+		data:      data,
+		maxAge:    h.cfg.historyAge,
+		idemTTL:   h.cfg.idempotencyTTL,
+		id:        h.newMessageID(),
 	}
 	if h.cfg.history {
 		req.maxLen = h.cfg.historyLen

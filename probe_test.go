@@ -71,7 +71,7 @@ func (p *proxied) pipe(dst, src net.Conn, fromClient bool) {
 		n, err := src.Read(buf)
 		if n > 0 {
 			p.mu.Lock()
-			if fromClient && bytes.Contains(bytes.ToLower(buf[:n]), []byte("subscribe")) {
+			if fromClient && isSubscribe(buf[:n]) {
 				p.pubsub = true
 			}
 			frozen := p.frozen
@@ -102,6 +102,14 @@ func (f *freezer) freezePubSub() int {
 		p.mu.Unlock()
 	}
 	return n
+}
+
+// isSubscribe reports whether a client's bytes hold a SUBSCRIBE or
+// SSUBSCRIBE command: the name as a whole RESP bulk string, not a word in
+// some argument (a script's source, say).
+func isSubscribe(b []byte) bool {
+	b = bytes.ToLower(b)
+	return bytes.Contains(b, []byte("\r\nsubscribe\r\n")) || bytes.Contains(b, []byte("\r\nssubscribe\r\n"))
 }
 
 func (f *freezer) close() {

@@ -42,6 +42,7 @@ type adapter interface {
 }
 
 type notifyRequest struct {
+	partition                int
 	stream, channel, idemKey string // idemKey "" means no idempotency
 	typ                      string
 	data                     []byte
@@ -78,7 +79,6 @@ type redisAdapter struct {
 	rdb     redis.UniversalClient
 	cluster *redis.ClusterClient // non-nil: sharded pub/sub (SSUBSCRIBE, SPUBLISH)
 	keys    keyspace
-	script  *redis.Script
 	batch   *batcher
 	grace   time.Duration
 	quiet   time.Duration
@@ -120,13 +120,11 @@ func (s *subscription) wanted() bool { return s.refs > 0 || s.grace != nil }
 func newRedisAdapter(rdb redis.UniversalClient, cfg *config, keys keyspace, node string, events redisEvents) *redisAdapter {
 	ctx, cancel := context.WithCancel(context.Background())
 	cluster, _ := rdb.(*redis.ClusterClient)
-	script := redis.NewScript(evalScriptSource())
 	a := &redisAdapter{
 		rdb:     rdb,
 		cluster: cluster,
 		keys:    keys,
-		script:  script,
-		batch:   newBatcher(rdb, script, cfg.publishTimeout),
+		batch:   newBatcher(rdb, cluster != nil, cfg.publishTimeout),
 		grace:   cfg.unsubscribeGrace,
 		quiet:   cfg.probeInterval,
 		log:     cfg.logger,
@@ -152,6 +150,13 @@ func unavailable(op string, err error) error {
 }
 
 func (a *redisAdapter) notify(ctx context.Context, req notifyRequest) (notifyResult, error) {
+	if req.maxLen > 0 && req.idemKey == "" {
+		r, err := a.batch.notify(ctx, &req)
+		if err != nil {
+			return notifyResult{}, unavailable("notify", err)
+		}
+		return r, nil
+	}
 	keys := []string{req.stream, req.channel}
 	if req.idemKey != "" {
 		keys = append(keys, req.idemKey)
@@ -161,7 +166,7 @@ func (a *redisAdapter) notify(ctx context.Context, req notifyRequest) (notifyRes
 		sharded = "1"
 	}
 	args := make([]any, 0, 3+len(keys)+7)
-	args = append(args, "evalsha", a.script.Hash(), len(keys))
+	args = append(args, "evalsha", a.batch.single.Hash(), len(keys))
 	for _, k := range keys {
 		args = append(args, k)
 	}
