@@ -36,7 +36,11 @@
 // hub on a loopback port, plus /notify, /fire and /rss control endpoints; see
 // node.go), connects real WebSocket clients to one node and sends through
 // another, so every notification crosses Redis. The baseline is a child with
-// the hidden -raw argument that writes straight to its sockets. Every child
+// the hidden -raw argument that writes straight to its sockets. s1 also runs
+// the classic design as a second baseline (hidden -relay argument, relay.go):
+// plain gorilla sockets, one PUBLISH per notification and a PSUBSCRIBE to all
+// of them on every node, which is what one hop through Redis costs by itself;
+// its rows show the ratio to raw like wsnotify's. Every child
 // is stopped by PID when a measurement ends, and killed on error or Ctrl-C;
 // each measurement uses its own Redis key prefix, deleted afterwards.
 //
@@ -90,6 +94,9 @@ func main() {
 			return
 		case rawModeArg:
 			exitOn(rawMain(os.Args[2:]))
+			return
+		case relayModeArg:
+			exitOn(relayMain(os.Args[2:]))
 			return
 		}
 	}
@@ -251,6 +258,11 @@ func (cfg config) plans(sc string) []plan {
 			}
 			out = append(out, p)
 		}
+	}
+	if sc == "s1" {
+		relay := base
+		relay.relay = true
+		out = append(out, relay)
 	}
 	raw := base
 	raw.raw, raw.nodes, raw.clientNode, raw.sendNode = true, 1, first, first

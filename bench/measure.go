@@ -24,6 +24,7 @@ const (
 type plan struct {
 	scenario string
 	raw      bool // the baseline process instead of wsnotify nodes
+	relay    bool // the PUBLISH/PSUBSCRIBE relay baseline instead of wsnotify nodes
 	history  bool
 	nodes    int
 	clients  int
@@ -43,15 +44,18 @@ type plan struct {
 }
 
 func (p plan) system() string {
-	if p.raw {
+	switch {
+	case p.raw:
 		return "raw"
+	case p.relay:
+		return "relay"
 	}
 	return "wsnotify"
 }
 
 func (p plan) historyLabel() string {
 	switch {
-	case p.raw:
+	case p.raw, p.relay:
 		return ""
 	case p.history:
 		return "on"
@@ -308,6 +312,18 @@ func (b *bench) startNodes(ctx context.Context, p plan, prefix string) ([]*child
 			return nil, err
 		}
 		return []*child{c}, nil
+	}
+	if p.relay {
+		var nodes []*child
+		for i := range p.nodes {
+			c, err := b.procs.start(ctx, fmt.Sprintf("relay%d", i+1), relayModeArg,
+				[]string{"-redis", b.redis.addr, "-prefix", prefix, "-nofile", nofile})
+			if err != nil {
+				return nodes, err
+			}
+			nodes = append(nodes, c)
+		}
+		return nodes, nil
 	}
 	perUser := (p.total() + p.clients - 1) / max(p.clients, 1)
 	args := []string{

@@ -115,11 +115,8 @@ func parseChildFlags(name string, args []string) (childFlags, error) {
 
 // nodeMain runs a node process until its stdin closes or it is signalled.
 func nodeMain(args []string) error {
-	f, err := parseChildFlags("node", args)
+	f, err := childFlagsWithFiles("node", args)
 	if err != nil {
-		return err
-	}
-	if err := raiseNoFile(f.nofile); err != nil {
 		return err
 	}
 	if dir := os.Getenv("WSNOTIFY_BENCH_PROFILE_DIR"); dir != "" {
@@ -245,19 +242,30 @@ func serveChild(h http.Handler, shutdown func(context.Context) error) error {
 
 // rawMain runs the baseline process.
 func rawMain(args []string) error {
-	f, err := parseChildFlags("raw", args)
-	if err != nil {
-		return err
-	}
-	if err := raiseNoFile(f.nofile); err != nil {
+	if _, err := childFlagsWithFiles("raw", args); err != nil {
 		return err
 	}
 	s := newRawServer()
+	return serveBaseline(s, s)
+}
+
+// childFlagsWithFiles parses a child's flags and raises its file limit.
+func childFlagsWithFiles(name string, args []string) (childFlags, error) {
+	f, err := parseChildFlags(name, args)
+	if err != nil {
+		return f, err
+	}
+	return f, raiseNoFile(f.nofile)
+}
+
+// serveBaseline serves the sockets of s and the control API, notifying
+// through t, until the process is told to stop.
+func serveBaseline(s *rawServer, t target) error {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /ws", s.serveWS)
-	mux.HandleFunc("POST /notify", notifyHandler(s))
-	mux.HandleFunc("POST /fire", fireHandler(s))
-	mux.HandleFunc("GET /rss", statusHandler(s))
+	mux.HandleFunc("POST /notify", notifyHandler(t))
+	mux.HandleFunc("POST /fire", fireHandler(t))
+	mux.HandleFunc("GET /rss", statusHandler(t))
 	return serveChild(mux, func(context.Context) error { s.closeAll(); return nil })
 }
 
@@ -320,14 +328,22 @@ func (s *rawServer) serveWS(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *rawServer) notify(_ context.Context, user string, payload []byte) (int64, error) {
+	return s.write(user, s.frame(payload)), nil
+}
+
+// frame wraps payload in an envelope like the hub's.
+func (s *rawServer) frame(payload []byte) []byte {
 	id := "r" + strconv.FormatUint(s.seq.Add(1), 10)
 	frame := make([]byte, 0, len(payload)+len(id)+48)
 	frame = append(frame, `{"id":"`...)
 	frame = append(frame, id...)
 	frame = append(frame, `","type":"notification","data":`...)
 	frame = append(frame, payload...)
-	frame = append(frame, '}')
+	return append(frame, '}')
+}
 
+// write sends frame to each socket of user and returns how many took it.
+func (s *rawServer) write(user string, frame []byte) int64 {
 	s.mu.RLock()
 	conns := make([]*rawConn, 0, len(s.byUser[user]))
 	for c := range s.byUser[user] {
@@ -346,7 +362,7 @@ func (s *rawServer) notify(_ context.Context, user string, payload []byte) (int6
 		}
 		n++
 	}
-	return n, nil
+	return n
 }
 
 func (s *rawServer) status() nodeStatus {

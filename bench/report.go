@@ -85,8 +85,11 @@ func (r Result) key() string {
 }
 
 func (r Result) label() string {
-	if r.System == "raw" {
+	switch r.System {
+	case "raw":
 		return "raw"
+	case "relay":
+		return "relay (bare PUBLISH)"
 	}
 	return "wsnotify history=" + r.History
 }
