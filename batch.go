@@ -3,6 +3,7 @@ package wsnotify
 import (
 	"context"
 	"fmt"
+	"runtime"
 	"strings"
 	"sync"
 	"time"
@@ -117,6 +118,10 @@ func (b *batcher) send() {
 		case <-b.quit:
 			return
 		}
+		// Let callers that are runnable queue their calls first: after a
+		// round trip the callers it woke are about to send again, and one
+		// yield makes them one batch instead of a trickle of small ones.
+		runtime.Gosched()
 	more:
 		for len(batch) < maxBatch {
 			select {
