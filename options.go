@@ -155,7 +155,9 @@ func WithDefaultType(t string) Option { return func(c *config) { c.defaultType =
 func WithLogger(l *slog.Logger) Option { return func(c *config) { c.logger = l } }
 
 // OnConnect runs fn after a socket is upgraded and subscribed, on the socket's
-// own goroutine.
+// own goroutine, while the upgrade request (headers and context) is still
+// whole: copy what the socket needs later with Session.Set. The HTTP handler
+// returns after fn.
 func OnConnect(fn func(*Session)) Option { return func(c *config) { c.onConnect = fn } }
 
 // OnDisconnect runs fn after a socket has closed.

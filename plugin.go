@@ -230,11 +230,11 @@ func (h *Hub) onError(ms *melody.Session, err error) {
 // after, so a client that is closed before its first notification can still
 // resume with since.
 //
-// The handler returns once the socket is open (or the upgrade failed); the
-// socket then runs on a goroutine of the hub's, so that the HTTP server's
-// goroutine and buffers are freed for the socket's life. The request's
-// context ends when the handler returns: use OnDisconnect to learn when the
-// socket closes.
+// The handler returns once the socket is open and the OnConnect hook has run
+// (or the upgrade failed); the socket then runs on a goroutine of the hub's,
+// so that the HTTP server's goroutine and buffers are freed for the socket's
+// life. The request's context ends when the handler returns, so it is not the
+// socket's: OnDisconnect tells when the socket closes.
 func (h *Hub) Handler() gin.HandlerFunc {
 	return func(c *gin.Context) {
 		if !h.beginUpgrade() {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -362,7 +363,10 @@ func TestOpenSocketOutlivesItsHandler(t *testing.T) {
 	cl := newCluster(t)
 	seen := make(chan string, 2)
 	a := cl.node(
-		wsnotify.OnConnect(func(s *wsnotify.Session) { seen <- "connect:" + s.Request().Header.Get("X-Till") }),
+		wsnotify.OnConnect(func(s *wsnotify.Session) {
+			r := s.Request()
+			seen <- "connect:" + r.Header.Get("X-Till") + ":" + fmt.Sprint(r.Context().Err())
+		}),
 		wsnotify.OnMessage(func(s *wsnotify.Session, _ []byte) {
 			r := s.Request()
 			seen <- "message:" + r.Header.Get("X-Till") + ":" + r.URL.Query().Get("user")
@@ -396,7 +400,7 @@ func TestOpenSocketOutlivesItsHandler(t *testing.T) {
 	if err := conn.WriteMessage(websocket.TextMessage, []byte("hi")); err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"connect:till-7", "message::alice"} {
+	for _, want := range []string{"connect:till-7:<nil>", "message::alice"} {
 		select {
 		case got := <-seen:
 			if got != want {

@@ -45,12 +45,11 @@ func helloFrame(last streamID) []byte {
 func (h *Hub) onConnect(ms *melody.Session) {
 	s := sessionOf(ms)
 	s.attach(ms)
-	s.opened <- nil // melody no longer needs the handler's writer
-	s.opened = nil
 	// melody registers a session after its handshake, so one that completed
 	// while Close ran may have missed melody's own sweep; Close sweeps the
 	// index after setting closing, so one of the two catches every session.
 	if h.isClosing() {
+		s.handOver()
 		_ = ms.CloseWithMsg(goingAway)
 		return
 	}
@@ -61,9 +60,10 @@ func (h *Hub) onConnect(ms *melody.Session) {
 		_ = s.Write(helloFrame(from.id))
 	}
 	if h.cfg.onConnect != nil {
-		h.cfg.onConnect(s)
+		h.cfg.onConnect(s) // the request and its context are still the handler's
 	}
 	s.releaseRequest()
+	s.handOver()
 	// The replay runs beside the socket's pumps: melody starts its writer
 	// only after this handler returns, and a long history must be paced by
 	// the writer draining the queue.

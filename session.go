@@ -90,6 +90,14 @@ func (s *Session) Request() *http.Request {
 	return s.ms.Request
 }
 
+// handOver tells the waiting HTTP handler that the socket is open and no
+// longer needs the handler's writer or request, so the handler may return.
+// It runs once, on the socket's goroutine.
+func (s *Session) handOver() {
+	s.opened <- nil
+	s.opened = nil
+}
+
 // releaseRequest keeps only the small parts of the request that opened the
 // socket; the headers alone often outweigh everything else an idle socket
 // holds.
