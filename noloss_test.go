@@ -484,7 +484,10 @@ func testConcurrentUsersKeepTheirOrder(t *testing.T, cl *cluster) {
 // Concurrent notifications share script calls; each caller must still get
 // the id and the count of its own notification.
 func TestConcurrentNotifyGetsItsOwnResult(t *testing.T) {
-	cl := newCluster(t)
+	testConcurrentNotifyGetsItsOwnResult(t, newCluster(t))
+}
+
+func testConcurrentNotifyGetsItsOwnResult(t *testing.T, cl *cluster) {
 	a, b := cl.node(), cl.node()
 	const users = 40
 	conns := make([]*websocket.Conn, users)

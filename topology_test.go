@@ -42,6 +42,7 @@ func TestRedisCluster(t *testing.T) {
 		"Truncated":                     testResumeFromTrimmedHistoryIsTruncated,
 		"FCALL":                         testOtherLanguagesNotifyWithHistoryThroughFCALL,
 		"ConcurrentUsersKeepOrder":      testConcurrentUsersKeepTheirOrder,
+		"ConcurrentNotifyOwnResult":     testConcurrentNotifyGetsItsOwnResult,
 	}
 	for name, run := range suites {
 		t.Run(name, func(t *testing.T) { run(t, clusterOf(t, rc)) })
