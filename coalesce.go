@@ -5,6 +5,7 @@ import (
 	"net"
 	"net/http"
 	"sync"
+	"sync/atomic"
 )
 
 // Write coalescing: when frames queue up behind a socket, several of them
@@ -42,18 +43,21 @@ func (w *coalescingWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 }
 
 // coalescingConn is safe for the use gorilla makes of it: writes come one at
-// a time (gorilla serializes them), Close may come from any goroutine.
+// a time (gorilla serializes them), Close may come from any goroutine. Close
+// touches nothing a write uses, so it never waits behind a write blocked on
+// a slow client: closing the connection is what unblocks that write.
 type coalescingConn struct {
 	net.Conn
 	pending func() bool
-
-	mu  sync.Mutex
-	buf *[]byte // frames kept back; nil while there are none
+	closed  atomic.Bool
+	buf     *[]byte // frames kept back; nil while there are none; only Write touches it
 }
 
 func (c *coalescingConn) Write(p []byte) (int, error) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
+	if c.closed.Load() {
+		c.release()
+		return 0, net.ErrClosed
+	}
 	if !isControlFrame(p) && c.pending() && c.keptLen()+len(p) <= maxCoalesced {
 		if c.buf == nil {
 			c.buf = coalescePool.Get().(*[]byte)
@@ -73,15 +77,11 @@ func (c *coalescingConn) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-// Close drops frames still kept back: a socket closed without a close frame
-// (whose write flushes them) has lost its peer or failed a write, and its
-// client resumes from history.
+// Close closes the connection. Frames still kept back are dropped: a socket
+// closed without a close frame (whose write flushes them) has lost its peer
+// or failed a write, and its client resumes from history.
 func (c *coalescingConn) Close() error {
-	c.mu.Lock()
-	if c.buf != nil {
-		c.release()
-	}
-	c.mu.Unlock()
+	c.closed.Store(true)
 	return c.Conn.Close()
 }
 
@@ -93,6 +93,9 @@ func (c *coalescingConn) keptLen() int {
 }
 
 func (c *coalescingConn) release() {
+	if c.buf == nil {
+		return
+	}
 	*c.buf = (*c.buf)[:0]
 	coalescePool.Put(c.buf)
 	c.buf = nil

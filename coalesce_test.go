@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"net"
 	"testing"
+	"time"
 )
 
 // recordingConn records each write that reaches the socket.
@@ -81,7 +82,45 @@ func TestCoalescingBoundsWhatItKeeps(t *testing.T) {
 		t.Fatalf("kept %d bytes, more than %d", c.keptLen(), maxCoalesced)
 	}
 	_ = c.Close()
-	if !rec.closed || c.buf != nil {
-		t.Fatal("Close kept the buffer or did not close the socket")
+	if !rec.closed {
+		t.Fatal("Close did not close the socket")
+	}
+	sent := len(rec.sent())
+	if _, err := c.Write(big); err == nil || len(rec.sent()) != sent || c.buf != nil {
+		t.Fatalf("a write after Close: err %v, %d more bytes sent, buffer kept %v", err, len(rec.sent())-sent, c.buf != nil)
+	}
+}
+
+// blockingConn's writes block until the connection is closed, as a write to
+// a client that reads nothing does once the socket buffers are full.
+type blockingConn struct {
+	net.Conn
+	entered chan struct{}
+	closed  chan struct{}
+}
+
+func (c *blockingConn) Write(p []byte) (int, error) {
+	close(c.entered)
+	<-c.closed
+	return 0, net.ErrClosed
+}
+
+func (c *blockingConn) Close() error { close(c.closed); return nil }
+
+func TestCoalescingCloseDoesNotWaitForABlockedWrite(t *testing.T) {
+	conn := &blockingConn{entered: make(chan struct{}), closed: make(chan struct{})}
+	c := &coalescingConn{Conn: conn, pending: func() bool { return false }}
+	wrote := make(chan error, 1)
+	go func() { _, err := c.Write(textFrame("stuck")); wrote <- err }()
+	<-conn.entered
+	closed := make(chan struct{})
+	go func() { _ = c.Close(); close(closed) }()
+	select {
+	case <-closed:
+	case <-time.After(5 * time.Second):
+		t.Fatal("Close waited for the write it should have unblocked")
+	}
+	if err := <-wrote; err == nil {
+		t.Fatal("the blocked write succeeded after Close")
 	}
 }
